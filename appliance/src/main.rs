@@ -1,0 +1,2 @@
+//! The `provbox` command line.
+fn main() {}

@@ -1,0 +1,1 @@
+//! dhcp server (work in progress).

@@ -1,0 +1,1 @@
+//! http server (work in progress).

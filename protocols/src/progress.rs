@@ -1,0 +1,197 @@
+//! Per-transfer progress accounting shared by every file protocol.
+//!
+//! A [`Transfer`] publishes `TransferStarted` when created, rate-limited
+//! `TransferProgress` as bytes are delivered, and exactly one of `TransferFinished` or
+//! `TransferAborted`. Dropping it without finishing counts as an abort, so a client
+//! that vanishes mid-download is always recorded. [`CountingReader`] wraps an
+//! `AsyncRead` for protocols that stream (FTP): EOF finishes, drop aborts.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::events::{EventBus, EventKind, Proto, TftpOptions};
+use provbox_storage::Entry;
+
+/// Progress events are sent at most this often per transfer...
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// ...or when this fraction of the transfer (in 1/100) has passed since the last one.
+const PROGRESS_PERCENT: u64 = 5;
+
+/// One download, from start to its end.
+#[derive(Debug)]
+pub struct Transfer {
+    bus: EventBus,
+    id: u64,
+    proto: Proto,
+    size: u64,
+    sha256: String,
+    started: Instant,
+    bytes: u64,
+    last_emit: Instant,
+    last_emit_bytes: u64,
+    retransmits: u64,
+    ended: bool,
+}
+
+/// What is known when a transfer starts.
+#[derive(Debug, Clone)]
+pub struct TransferStart<'a> {
+    pub proto: Proto,
+    pub peer: SocketAddr,
+    pub path: &'a str,
+    pub entry: &'a Entry,
+    pub offset: u64,
+    pub size: u64,
+    pub user_agent: Option<String>,
+    pub tftp: Option<TftpOptions>,
+}
+
+impl Transfer {
+    pub fn start(bus: &EventBus, s: TransferStart<'_>) -> Transfer {
+        let id = bus.next_transfer_id();
+        bus.publish(EventKind::TransferStarted {
+            id,
+            proto: s.proto,
+            peer: s.peer,
+            path: s.path.to_string(),
+            file: s.entry.path.clone(),
+            file_size: s.entry.size,
+            offset: s.offset,
+            size: s.size,
+            sha256: s.entry.sha256.clone(),
+            user_agent: s.user_agent,
+            tftp: s.tftp,
+        });
+        metrics::counter!("provbox_transfers_started_total", "proto" => s.proto.to_string()).increment(1);
+        let now = Instant::now();
+        Transfer {
+            bus: bus.clone(),
+            id,
+            proto: s.proto,
+            size: s.size,
+            sha256: s.entry.sha256.clone(),
+            started: now,
+            bytes: 0,
+            last_emit: now,
+            last_emit_bytes: 0,
+            retransmits: 0,
+            ended: false,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Records that `total` bytes have now been delivered (not merely read).
+    pub fn progress(&mut self, total: u64) {
+        let delta = total.saturating_sub(self.bytes);
+        self.bytes = self.bytes.max(total);
+        if delta > 0 {
+            metrics::counter!("provbox_bytes_served_total", "proto" => self.proto.to_string()).increment(delta);
+        }
+        let step = (self.size * PROGRESS_PERCENT / 100).max(1);
+        if self.last_emit.elapsed() >= PROGRESS_INTERVAL || self.bytes - self.last_emit_bytes >= step {
+            self.emit_progress();
+        }
+    }
+
+    fn emit_progress(&mut self) {
+        if self.bytes != self.last_emit_bytes {
+            self.bus.publish(EventKind::TransferProgress { id: self.id, bytes: self.bytes });
+            self.last_emit_bytes = self.bytes;
+        }
+        self.last_emit = Instant::now();
+    }
+
+    pub fn add_retransmits(&mut self, n: u64) {
+        self.retransmits += n;
+    }
+
+    /// The transfer delivered everything it meant to.
+    pub fn finish(mut self) {
+        self.emit_progress();
+        self.ended = true;
+        metrics::counter!("provbox_transfers_total", "proto" => self.proto.to_string(), "result" => "finished").increment(1);
+        self.bus.publish(EventKind::TransferFinished {
+            id: self.id,
+            bytes: self.bytes,
+            sha256: self.sha256.clone(),
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            retransmits: self.retransmits,
+        });
+    }
+
+    /// The transfer ended early: `reason` says how ("client closed the connection",
+    /// "client sent ERROR 0: ...", "timed out after 6 retransmissions").
+    pub fn abort(mut self, reason: impl Into<String>) {
+        self.abort_inner(reason.into());
+    }
+
+    fn abort_inner(&mut self, reason: String) {
+        if self.ended {
+            return;
+        }
+        self.emit_progress();
+        self.ended = true;
+        metrics::counter!("provbox_transfers_total", "proto" => self.proto.to_string(), "result" => "aborted").increment(1);
+        self.bus.publish(EventKind::TransferAborted {
+            id: self.id,
+            bytes: self.bytes,
+            reason,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+        });
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.abort_inner("the client went away".to_string());
+        }
+    }
+}
+
+/// An `AsyncRead` that reports every byte it yields to a [`Transfer`]: EOF finishes
+/// it, dropping it early aborts it.
+#[derive(Debug)]
+pub struct CountingReader<R> {
+    inner: R,
+    transfer: Option<Transfer>,
+    read: u64,
+}
+
+impl<R> CountingReader<R> {
+    pub fn new(inner: R, transfer: Transfer) -> Self {
+        Self { inner, transfer: Some(transfer), read: 0 }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &res {
+            let n = (buf.filled().len() - before) as u64;
+            self.read += n;
+            let read = self.read;
+            if n == 0 {
+                if let Some(mut t) = self.transfer.take() {
+                    t.progress(read);
+                    t.finish();
+                }
+            } else if let Some(t) = self.transfer.as_mut() {
+                t.progress(read);
+            }
+        }
+        res
+    }
+}

@@ -1,0 +1,1 @@
+//! tftp server (work in progress).

@@ -1,0 +1,1 @@
+//! The append-only JSONL event journal. Filled in by the tracker work.

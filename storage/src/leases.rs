@@ -1,0 +1,1 @@
+//! The DHCP lease database (redb). Filled in by the DHCP work.

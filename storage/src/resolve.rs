@@ -1,0 +1,109 @@
+//! The one safe path resolver every protocol uses.
+//!
+//! It turns what a client asked for into a relative store path, or refuses. It refuses
+//! `..` in any position, NUL, backslashes (a protocol that accepts Windows-style paths,
+//! like TFTP, converts them first, deliberately), empty components after the leading
+//! slash, and percent-encoded traversal that survived the protocol's own decoding
+//! (`%2e%2e`, `%2f`, `%5c`, `%00`: a double-encoded attack). Symlinks that leave the
+//! root never reach a client at all: the indexer does not index them, and clients are
+//! only ever served indexed snapshots.
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("path contains a NUL byte")]
+    Nul,
+    #[error("path contains a backslash")]
+    Backslash,
+    #[error("path climbs out of the store with `..`")]
+    Traversal,
+    #[error("path contains percent-encoded separators or dots (double encoding)")]
+    Encoded,
+    #[error("path is empty")]
+    Empty,
+    #[error("path names a hidden or temporary file")]
+    Hidden,
+}
+
+/// Resolves a client path to a clean relative path (`dir/file.cfg`, no leading `/`).
+/// `.` components and repeated slashes are dropped.
+pub fn resolve(requested: &str) -> Result<String, ResolveError> {
+    if requested.contains('\0') {
+        return Err(ResolveError::Nul);
+    }
+    if requested.contains('\\') {
+        return Err(ResolveError::Backslash);
+    }
+    if has_encoded_danger(requested) {
+        return Err(ResolveError::Encoded);
+    }
+    let mut parts = Vec::new();
+    for comp in requested.split('/') {
+        match comp {
+            "" | "." => continue,
+            ".." => return Err(ResolveError::Traversal),
+            c => {
+                if crate::names::is_hidden(c) {
+                    return Err(ResolveError::Hidden);
+                }
+                parts.push(c)
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(ResolveError::Empty);
+    }
+    Ok(parts.join("/"))
+}
+
+/// Resolves a directory path; the empty path is the root.
+pub fn resolve_dir(requested: &str) -> Result<String, ResolveError> {
+    match resolve(requested) {
+        Err(ResolveError::Empty) => Ok(String::new()),
+        other => other,
+    }
+}
+
+fn has_encoded_danger(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.windows(3).any(|w| {
+        w[0] == b'%' && {
+            let hex = [w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()];
+            matches!(&hex, b"2e" | b"2f" | b"5c" | b"00" | b"25")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_clean_paths() {
+        assert_eq!(resolve("/450HD.img").as_deref(), Ok("450HD.img"));
+        assert_eq!(resolve("a//b/./c.cfg").as_deref(), Ok("a/b/c.cfg"));
+        assert_eq!(resolve_dir("/").as_deref(), Ok(""));
+    }
+
+    #[test]
+    fn refuses_every_traversal_spelling() {
+        for p in [
+            "../etc/passwd",
+            "/../../etc/passwd",
+            "a/../../x",
+            "a/..",
+            "..",
+            "%2e%2e/etc/passwd",
+            "%2E%2E%2Fetc",
+            "a%2f..%2fb",
+            "..%5cwindows",
+            "x%00.img",
+            "%252e%252e/x",
+            "a\\..\\b",
+            "a\0b",
+            ".ssh/id_rsa",
+        ] {
+            assert!(resolve(p).is_err(), "{p:?} was accepted");
+        }
+    }
+}

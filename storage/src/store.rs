@@ -1,0 +1,783 @@
+//! The watched file store: an index of the store directory, kept live by notify, and
+//! immutable snapshots that clients are served from.
+//!
+//! # How a client never gets half old, half new bytes
+//!
+//! Clients are never served the operator's files directly. When a file is new or has
+//! changed, and has been quiet for `settle` (and, with inotify, its writer has closed
+//! it), the indexer copies it (a reflink where the filesystem can, a plain copy
+//! elsewhere) into `state/store/blobs/.tmp-*`, hashes the copy, and checks that the
+//! source's size, mtime, ctime and inode did not change while it was copied. Only
+//! then is the copy renamed to `blobs/<sha256>` (read-only, never written again) and
+//! the index entry switched to it. A copy that raced a writer is thrown away and
+//! retried once the file is quiet again.
+//!
+//! Opening a file opens its blob: the open descriptor pins that version. A rename or
+//! an in-place overwrite (`cp new.img 450HD.img`) of the source only ever produces a
+//! new blob; an in-flight download keeps reading the old one, which stays readable
+//! through its descriptor even after the blob is deleted once unreferenced.
+//!
+//! One task owns the index. Readers take an `Arc` of the current index without
+//! waiting. A manifest of (path, stat, sha256) lets a restart reuse blobs instead of
+//! hashing everything again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use notify::EventKind as NK;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::names::{self, FileKind};
+use crate::resolve::{self, ResolveError};
+
+/// Store errors a protocol turns into its own "not found" or "access denied".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("refused path {path:?}: {reason}")]
+    Refused { path: String, reason: ResolveError },
+    #[error("no such file: {0}")]
+    NotFound(String),
+    #[error("store I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("file watcher error on {path}: {source}")]
+    Watch { path: PathBuf, source: notify::Error },
+}
+
+impl StoreError {
+    /// True for refusals a client caused (traversal and friends).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, StoreError::Refused { .. })
+    }
+}
+
+/// How the store is run. Mirrors `[store]` in the config.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub root: PathBuf,
+    /// Where snapshots and the manifest live (`<state>/store`).
+    pub state_dir: PathBuf,
+    pub poll: bool,
+    pub poll_interval: Duration,
+    pub settle: Duration,
+    pub rescan_interval: Duration,
+}
+
+/// One served file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative path with `/` separators, as the operator named it.
+    pub path: String,
+    pub size: u64,
+    /// Modification time of the source, ms since the epoch.
+    pub mtime_ms: u64,
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+    pub kind: FileKind,
+    /// Phone model and firmware version parsed from the name, where present.
+    pub model: Option<String>,
+    pub version: Option<String>,
+}
+
+impl Entry {
+    /// The file name (last path component).
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+    pub fn mtime(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.mtime_ms)
+    }
+}
+
+/// A source file's identity; any change means "new content may be there".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Stat {
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    dev: u64,
+}
+
+impl Stat {
+    fn of(m: &std::fs::Metadata) -> Stat {
+        Stat {
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        }
+    }
+    fn mtime_ms(&self) -> u64 {
+        (self.mtime_ns / 1_000_000).max(0) as u64
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Indexed {
+    entry: Arc<Entry>,
+    stat: Stat,
+}
+
+/// An immutable view of the index.
+#[derive(Debug, Default)]
+pub struct Index {
+    files: BTreeMap<String, Indexed>,
+    /// `names::lookup_key(path)` → path.
+    keys: HashMap<String, String>,
+}
+
+impl Index {
+    fn build(files: BTreeMap<String, Indexed>) -> Index {
+        let keys = files.keys().map(|p| (names::lookup_key(p), p.clone())).collect();
+        Index { files, keys }
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.files.values().map(|i| &i.entry)
+    }
+
+    /// Finds a file: the exact path, then the case- and MAC-separator-insensitive key,
+    /// then a model alias (`450HD.img` or `UC450HD.img` → the newest `450HD_<version>.img`
+    /// in the same directory).
+    pub fn find(&self, rel: &str) -> Option<&Arc<Entry>> {
+        if let Some(i) = self.files.get(rel) {
+            return Some(&i.entry);
+        }
+        if let Some(p) = self.keys.get(&names::lookup_key(rel)) {
+            return self.files.get(p).map(|i| &i.entry);
+        }
+        let (dir, name) = rel.rsplit_once('/').map_or(("", rel), |(d, n)| (d, n));
+        let parsed = names::parse_image_name(name);
+        let model = parsed.model.filter(|_| parsed.version.is_none())?;
+        self.newest_image(dir, &model)
+    }
+
+    /// The newest `.img` for a model in a directory (by parsed version, then mtime).
+    pub fn newest_image(&self, dir: &str, model: &str) -> Option<&Arc<Entry>> {
+        self.files
+            .values()
+            .map(|i| &i.entry)
+            .filter(|e| e.kind == FileKind::Firmware)
+            .filter(|e| e.model.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(model)))
+            .filter(|e| e.path.rsplit_once('/').map_or("", |(d, _)| d) == dir)
+            .max_by(|a, b| {
+                let v = match (&a.version, &b.version) {
+                    (Some(x), Some(y)) => names::compare_versions(x, y),
+                    (Some(_), None) => std::cmp::Ordering::Greater,
+                    (None, Some(_)) => std::cmp::Ordering::Less,
+                    (None, None) => std::cmp::Ordering::Equal,
+                };
+                v.then(a.mtime_ms.cmp(&b.mtime_ms))
+            })
+    }
+
+    /// Whether `dir` (relative, "" for the root) holds any file.
+    pub fn is_dir(&self, dir: &str) -> bool {
+        dir.is_empty() || {
+            let prefix = format!("{dir}/");
+            self.files.range(prefix.clone()..).next().is_some_and(|(k, _)| k.starts_with(&prefix))
+        }
+    }
+
+    /// The files and subdirectories directly inside `dir`.
+    pub fn list(&self, dir: &str) -> Vec<DirItem> {
+        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let mut dirs: BTreeMap<String, u64> = BTreeMap::new();
+        let mut files = Vec::new();
+        for (path, i) in self.files.range(prefix.clone()..) {
+            let Some(rest) = path.strip_prefix(&prefix) else { break };
+            match rest.split_once('/') {
+                Some((sub, _)) => {
+                    let m = dirs.entry(sub.to_string()).or_insert(0);
+                    *m = (*m).max(i.entry.mtime_ms);
+                }
+                None => files.push(DirItem { name: rest.to_string(), entry: Some(i.entry.clone()), mtime_ms: i.entry.mtime_ms }),
+            }
+        }
+        dirs.into_iter().map(|(name, mtime_ms)| DirItem { name, entry: None, mtime_ms }).chain(files).collect()
+    }
+}
+
+/// A listing row: a file (with its entry) or a directory.
+#[derive(Debug, Clone)]
+pub struct DirItem {
+    pub name: String,
+    pub entry: Option<Arc<Entry>>,
+    pub mtime_ms: u64,
+}
+
+/// A change the indexer committed.
+#[derive(Debug, Clone)]
+pub enum StoreEvent {
+    Added(Arc<Entry>),
+    Modified(Arc<Entry>),
+    Removed(String),
+}
+
+/// An open, pinned version of a file.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub entry: Arc<Entry>,
+    file: Arc<std::fs::File>,
+}
+
+impl Snapshot {
+    /// Reads at an offset without moving any cursor (several readers may share it).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_at(buf, offset)
+    }
+
+    /// Fills `buf` from `offset` as far as the file allows; returns the bytes read.
+    pub fn read_full_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// A tokio file positioned at the start, reading this version.
+    pub fn tokio_file(&self) -> std::io::Result<tokio::fs::File> {
+        Ok(tokio::fs::File::from_std(self.file.try_clone()?))
+    }
+
+    pub fn std_file(&self) -> std::io::Result<std::fs::File> {
+        self.file.try_clone()
+    }
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    root: PathBuf,
+    blobs: PathBuf,
+    index: RwLock<Arc<Index>>,
+    changes: broadcast::Sender<StoreEvent>,
+    control: mpsc::UnboundedSender<Msg>,
+}
+
+enum Msg {
+    Notify(notify_debouncer_full::DebounceEventResult),
+    Rescan(Option<oneshot::Sender<()>>),
+}
+
+impl Store {
+    /// Opens the store: creates the directories, starts the watcher, indexes every file
+    /// (reusing snapshots from a previous run), and keeps the index live in a task.
+    /// Must be called inside a tokio runtime.
+    pub async fn start(opts: StoreOptions) -> Result<Store, StoreError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        std::fs::create_dir_all(&opts.root).map_err(io(&opts.root))?;
+        let blobs = opts.state_dir.join("blobs");
+        std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+        let root = opts.root.canonicalize().map_err(io(&opts.root))?;
+
+        let (control, rx) = mpsc::unbounded_channel();
+        let (changes, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            root: root.clone(),
+            blobs: blobs.clone(),
+            index: RwLock::new(Arc::new(Index::default())),
+            changes,
+            control: control.clone(),
+        });
+
+        // Watch before the first scan, so nothing written during the scan is missed.
+        let watcher = start_watcher(&opts, &root, control)?;
+        let manifest_path = opts.state_dir.join("manifest.json");
+        let manifest: HashMap<String, Indexed> = std::fs::read(&manifest_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut indexer = Indexer {
+            shared: shared.clone(),
+            opts: opts.clone(),
+            files: BTreeMap::new(),
+            pending: HashMap::new(),
+            manifest_path,
+            dirty: false,
+            _watcher: watcher,
+        };
+        let (root2, blobs2) = (root.clone(), blobs.clone());
+        let files = tokio::task::spawn_blocking(move || initial_scan(&root2, &blobs2, manifest))
+            .await
+            .map_err(|e| StoreError::Io { path: root.clone(), source: std::io::Error::other(e) })?;
+        indexer.files = files;
+        indexer.publish();
+        indexer.collect_garbage_all();
+        indexer.save_manifest();
+        tokio::spawn(indexer.run(rx));
+        Ok(Store { shared })
+    }
+
+    /// The store directory (canonical).
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    /// The current index.
+    pub fn index(&self) -> Arc<Index> {
+        match self.shared.index.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Changes as the indexer commits them.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Resolves and finds a file without opening it.
+    pub fn lookup(&self, requested: &str) -> Result<Arc<Entry>, StoreError> {
+        let rel = resolve::resolve(requested)
+            .map_err(|reason| StoreError::Refused { path: requested.to_string(), reason })?;
+        self.index().find(&rel).cloned().ok_or(StoreError::NotFound(rel))
+    }
+
+    /// Opens the current version of a file. The returned snapshot keeps reading that
+    /// version whatever happens to the source afterwards.
+    pub async fn open(&self, requested: &str) -> Result<Snapshot, StoreError> {
+        // The blob of the entry we looked up may be collected between lookup and open
+        // if the file changed at that instant: look up again once.
+        for _ in 0..3 {
+            let entry = self.lookup(requested)?;
+            let blob = self.shared.blobs.join(&entry.sha256);
+            match tokio::task::spawn_blocking(move || std::fs::File::open(blob)).await {
+                Ok(Ok(file)) => return Ok(Snapshot { entry, file: Arc::new(file) }),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Ok(Err(source)) => return Err(StoreError::Io { path: self.shared.blobs.join(&entry.sha256), source }),
+                Err(e) => return Err(StoreError::Io { path: self.shared.blobs.clone(), source: std::io::Error::other(e) }),
+            }
+        }
+        Err(StoreError::NotFound(requested.to_string()))
+    }
+
+    /// Forces a full rescan and waits until it is committed (tests, `provbox check`).
+    pub async fn rescan(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.control.send(Msg::Rescan(Some(tx))).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn start_watcher(
+    opts: &StoreOptions,
+    root: &Path,
+    control: mpsc::UnboundedSender<Msg>,
+) -> Result<Box<dyn std::any::Any + Send>, StoreError> {
+    let werr = |source| StoreError::Watch { path: root.to_path_buf(), source };
+    let handler = move |res| {
+        let _ = control.send(Msg::Notify(res));
+    };
+    // A short debounce: the indexer applies its own settle rule on top.
+    let debounce = Duration::from_millis(50);
+    if opts.poll {
+        let cfg = notify::Config::default().with_poll_interval(opts.poll_interval);
+        let mut d = notify_debouncer_full::new_debouncer_opt::<_, notify::PollWatcher, _>(
+            debounce,
+            None,
+            handler,
+            notify_debouncer_full::NoCache,
+            cfg,
+        )
+        .map_err(werr)?;
+        d.watch(root, notify::RecursiveMode::Recursive).map_err(werr)?;
+        Ok(Box::new(d))
+    } else {
+        let mut d = notify_debouncer_full::new_debouncer(debounce, None, handler).map_err(werr)?;
+        d.watch(root, notify::RecursiveMode::Recursive).map_err(werr)?;
+        Ok(Box::new(d))
+    }
+}
+
+/// A path seen changing, not yet snapshotted.
+#[derive(Debug)]
+struct Pending {
+    stat: Option<Stat>,
+    quiet_since: Instant,
+    /// Seen modified and not yet closed by its writer (inotify only).
+    writing: bool,
+}
+
+/// A writer that never reports closing is trusted to be done after this long quiet.
+const WRITER_GRACE: Duration = Duration::from_secs(10);
+
+struct Indexer {
+    shared: Arc<Shared>,
+    opts: StoreOptions,
+    files: BTreeMap<String, Indexed>,
+    pending: HashMap<String, Pending>,
+    manifest_path: PathBuf,
+    dirty: bool,
+    _watcher: Box<dyn std::any::Any + Send>,
+}
+
+impl Indexer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rescan = tokio::time::interval(self.opts.rescan_interval.max(Duration::from_secs(1)));
+        rescan.tick().await;
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    None => return,
+                    Some(Msg::Notify(Ok(events))) => {
+                        for e in events {
+                            if e.need_rescan() { self.rescan_all(); } else { self.on_event(&e.event); }
+                        }
+                    }
+                    Some(Msg::Notify(Err(errs))) => {
+                        tracing::warn!(?errs, "store watcher reported errors; rescanning");
+                        self.rescan_all();
+                    }
+                    Some(Msg::Rescan(done)) => {
+                        self.rescan_all();
+                        self.settle_pending(true).await;
+                        if let Some(d) = done { let _ = d.send(()); }
+                    }
+                },
+                _ = tick.tick(), if !self.pending.is_empty() => self.settle_pending(false).await,
+                _ = rescan.tick() => self.rescan_all(),
+            }
+        }
+    }
+
+    fn rel(&self, p: &Path) -> Option<String> {
+        let rel = p.strip_prefix(&self.shared.root).ok()?;
+        let s = rel.to_str()?.to_string();
+        (!s.is_empty()).then_some(s)
+    }
+
+    fn on_event(&mut self, e: &notify::Event) {
+        use notify::event::{AccessKind, AccessMode, ModifyKind};
+        for p in &e.paths {
+            let Some(rel) = self.rel(p) else { continue };
+            if names::path_is_hidden(&rel) {
+                continue;
+            }
+            match e.kind {
+                // Our own servers open files all the time; reads change nothing.
+                NK::Access(AccessKind::Open(_)) | NK::Access(AccessKind::Close(AccessMode::Read)) => continue,
+                NK::Access(AccessKind::Close(AccessMode::Write)) => self.touch(&rel, Some(false)),
+                NK::Modify(ModifyKind::Data(_)) => self.touch(&rel, Some(!self.opts.poll)),
+                _ => {
+                    if p.is_dir() {
+                        self.scan_subtree(&rel);
+                    } else {
+                        self.touch(&rel, None);
+                        // A directory removed or renamed away takes its files with it.
+                        let prefix = format!("{rel}/");
+                        let under: Vec<String> = self.files.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+                        for k in under {
+                            self.touch(&k, None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks a path for re-examination. `writing`: Some(true) a writer is active,
+    /// Some(false) it closed, None unknown (keep what we knew).
+    fn touch(&mut self, rel: &str, writing: Option<bool>) {
+        let p = self.pending.entry(rel.to_string()).or_insert(Pending { stat: None, quiet_since: Instant::now(), writing: false });
+        p.quiet_since = Instant::now();
+        p.stat = None;
+        if let Some(w) = writing {
+            p.writing = w;
+        }
+    }
+
+    fn scan_subtree(&mut self, rel: &str) {
+        let mut found = Vec::new();
+        walk(&self.shared.root, &self.shared.root.join(rel), &mut found);
+        for (r, _) in found {
+            self.touch(&r, None);
+        }
+    }
+
+    fn rescan_all(&mut self) {
+        let mut found = Vec::new();
+        walk(&self.shared.root, &self.shared.root, &mut found);
+        let present: std::collections::HashSet<&String> = found.iter().map(|(r, _)| r).collect();
+        let gone: Vec<String> = self.files.keys().filter(|k| !present.contains(k)).cloned().collect();
+        for g in gone {
+            self.touch(&g, None);
+        }
+        for (rel, meta) in &found {
+            let changed = self.files.get(rel).is_none_or(|i| i.stat != Stat::of(meta));
+            if changed && !self.pending.contains_key(rel) {
+                self.touch(rel, None);
+            }
+        }
+    }
+
+    /// Snapshots every pending path that has been quiet long enough (`force`: now).
+    async fn settle_pending(&mut self, force: bool) {
+        let now = Instant::now();
+        let mut ready = Vec::new();
+        let root = self.shared.root.clone();
+        let paths: Vec<String> = self.pending.keys().cloned().collect();
+        for rel in paths {
+            let meta = std::fs::metadata(root.join(&rel)).ok().filter(|m| m.is_file());
+            let Some(p) = self.pending.get_mut(&rel) else { continue };
+            let stat = meta.as_ref().map(Stat::of);
+            if stat != p.stat {
+                p.stat = stat;
+                p.quiet_since = now;
+                if !force {
+                    continue;
+                }
+            }
+            let quiet = now.duration_since(p.quiet_since);
+            let settled = force || (quiet >= self.opts.settle && (!p.writing || quiet >= WRITER_GRACE));
+            if settled {
+                ready.push((rel, stat));
+            }
+        }
+        for (rel, stat) in ready {
+            self.pending.remove(&rel);
+            match stat {
+                None => self.remove(&rel),
+                Some(stat) if self.files.get(&rel).is_some_and(|i| i.stat == stat) => {}
+                Some(_) => {
+                    let (root, blobs, r) = (root.clone(), self.shared.blobs.clone(), rel.clone());
+                    let res = tokio::task::spawn_blocking(move || snapshot(&root, &blobs, &r)).await;
+                    match res {
+                        Ok(Ok(indexed)) => self.commit(rel, indexed),
+                        Ok(Err(SnapError::Changed)) => self.touch(&rel, None),
+                        Ok(Err(SnapError::Io(e))) => {
+                            tracing::warn!(path = %rel, error = %e, "cannot snapshot store file; it is not served until readable");
+                            if e.kind() == std::io::ErrorKind::NotFound {
+                                self.remove(&rel);
+                            }
+                        }
+                        Err(e) => tracing::error!(path = %rel, error = %e, "snapshot task failed"),
+                    }
+                }
+            }
+        }
+        if self.dirty {
+            self.publish();
+            self.save_manifest();
+        }
+    }
+
+    fn commit(&mut self, rel: String, indexed: Indexed) {
+        let entry = indexed.entry.clone();
+        let old = self.files.insert(rel, indexed);
+        let ev = match &old {
+            None => StoreEvent::Added(entry),
+            Some(o) if o.entry.sha256 == entry.sha256 => {
+                self.dirty = true;
+                return;
+            }
+            Some(_) => StoreEvent::Modified(entry),
+        };
+        tracing::info!(event = ?ev, "store changed");
+        if let Some(o) = old {
+            self.release_blob(&o.entry.sha256);
+        }
+        self.dirty = true;
+        let _ = self.shared.changes.send(ev);
+    }
+
+    fn remove(&mut self, rel: &str) {
+        if let Some(old) = self.files.remove(rel) {
+            self.release_blob(&old.entry.sha256);
+            self.dirty = true;
+            tracing::info!(path = %rel, "store file removed");
+            let _ = self.shared.changes.send(StoreEvent::Removed(rel.to_string()));
+        }
+    }
+
+    fn publish(&mut self) {
+        let idx = Arc::new(Index::build(self.files.clone()));
+        match self.shared.index.write() {
+            Ok(mut g) => *g = idx,
+            Err(p) => *p.into_inner() = idx,
+        }
+    }
+
+    /// Deletes a blob no entry uses any more. Open descriptors keep reading it.
+    fn release_blob(&self, sha: &str) {
+        if !self.files.values().any(|i| i.entry.sha256 == sha) {
+            let _ = std::fs::remove_file(self.shared.blobs.join(sha));
+        }
+    }
+
+    fn collect_garbage_all(&self) {
+        let used: std::collections::HashSet<&str> = self.files.values().map(|i| i.entry.sha256.as_str()).collect();
+        if let Ok(rd) = std::fs::read_dir(&self.shared.blobs) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if !used.contains(name.as_str()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    fn save_manifest(&mut self) {
+        self.dirty = false;
+        let Ok(bytes) = serde_json::to_vec(&self.files) else { return };
+        let tmp = self.manifest_path.with_extension("json.tmp");
+        if std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &self.manifest_path)).is_err() {
+            tracing::warn!(path = %self.manifest_path.display(), "cannot write the store manifest; the next start rehashes the store");
+        }
+    }
+}
+
+/// Every visible regular file under `dir`, with metadata. Symlinks are followed only
+/// when they stay inside the root.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, std::fs::Metadata)>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if names::is_hidden(name) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_symlink() {
+            match path.canonicalize() {
+                Ok(target) if target.starts_with(root) => {}
+                _ => {
+                    tracing::warn!(path = %path.display(), "symlink leaves the store root; not served");
+                    continue;
+                }
+            }
+        }
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            if !ft.is_symlink() {
+                walk(root, &path, out);
+            }
+        } else if meta.is_file()
+            && let Ok(rel) = path.strip_prefix(root)
+            && let Some(rel) = rel.to_str()
+        {
+            out.push((rel.to_string(), meta));
+        }
+    }
+}
+
+fn initial_scan(root: &Path, blobs: &Path, manifest: HashMap<String, Indexed>) -> BTreeMap<String, Indexed> {
+    let mut found = Vec::new();
+    walk(root, root, &mut found);
+    let mut files = BTreeMap::new();
+    for (rel, meta) in found {
+        let stat = Stat::of(&meta);
+        if let Some(m) = manifest.get(&rel)
+            && m.stat == stat
+            && blobs.join(&m.entry.sha256).is_file()
+        {
+            files.insert(rel, m.clone());
+            continue;
+        }
+        // A file still being written at start-up is picked up by the watcher once it changes again.
+        match snapshot(root, blobs, &rel) {
+            Ok(i) => {
+                files.insert(rel, i);
+            }
+            Err(e) => tracing::warn!(path = %rel, error = ?e, "cannot snapshot store file at start-up"),
+        }
+    }
+    files
+}
+
+#[derive(Debug)]
+enum SnapError {
+    /// The source changed while it was copied.
+    Changed,
+    Io(std::io::Error),
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Copies `rel` into an immutable blob named by its hash (see the module docs).
+fn snapshot(root: &Path, blobs: &Path, rel: &str) -> Result<Indexed, SnapError> {
+    let src = root.join(rel);
+    let before = Stat::of(&std::fs::metadata(&src).map_err(SnapError::Io)?);
+    let tmp = blobs.join(format!(".tmp-{}-{}", std::process::id(), TMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let cleanup = |e| {
+        let _ = std::fs::remove_file(&tmp);
+        e
+    };
+    reflink_copy::reflink_or_copy(&src, &tmp).map_err(SnapError::Io).map_err(cleanup)?;
+    let after = std::fs::metadata(&src).map(|m| Stat::of(&m)).map_err(SnapError::Io).map_err(cleanup)?;
+    if after != before {
+        return Err(cleanup(SnapError::Changed));
+    }
+    let mut f = std::fs::File::open(&tmp).map_err(SnapError::Io).map_err(cleanup)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(SnapError::Io).map_err(cleanup)?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        h.update(&buf[..n]);
+    }
+    if len != before.len {
+        return Err(cleanup(SnapError::Changed));
+    }
+    let sha = hex::encode(h.finalize());
+    let blob = blobs.join(&sha);
+    if blob.is_file() {
+        let _ = std::fs::remove_file(&tmp);
+    } else {
+        let mut perm = f.metadata().map_err(SnapError::Io).map_err(cleanup)?.permissions();
+        perm.set_readonly(true);
+        let _ = std::fs::set_permissions(&tmp, perm);
+        std::fs::rename(&tmp, &blob).map_err(SnapError::Io).map_err(cleanup)?;
+    }
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    let img = names::parse_image_name(name);
+    Ok(Indexed {
+        entry: Arc::new(Entry {
+            path: rel.to_string(),
+            size: len,
+            mtime_ms: before.mtime_ms(),
+            sha256: sha,
+            kind: FileKind::of(name),
+            model: img.model,
+            version: img.version,
+        }),
+        stat: before,
+    })
+}
