@@ -23,11 +23,23 @@ pub use validate::{PLACEHOLDERS, expand_template};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}:{line}: {message}")]
-    Syntax { file: String, line: usize, message: String },
+    Syntax {
+        file: String,
+        line: usize,
+        message: String,
+    },
     #[error("{file}:{line}: `{field}`: {message}")]
-    Invalid { file: String, line: usize, field: String, message: String },
+    Invalid {
+        file: String,
+        line: usize,
+        field: String,
+        message: String,
+    },
 }
 
 /// The whole config file.
@@ -81,7 +93,9 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("./state") }
+        Self {
+            dir: PathBuf::from("./state"),
+        }
     }
 }
 
@@ -197,7 +211,9 @@ pub struct Policy {
 impl Policy {
     /// The name to show: the configured one, else `policy #<index+1>`.
     pub fn display_name(&self, index: usize) -> String {
-        self.name.clone().unwrap_or_else(|| format!("policy #{}", index + 1))
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("policy #{}", index + 1))
     }
 }
 
@@ -337,7 +353,10 @@ impl Default for FtpConfig {
         Self {
             enabled: true,
             bind: SocketAddr::from(([0, 0, 0, 0], 21)),
-            passive_ports: PortRange { first: 30000, last: 30099 },
+            passive_ports: PortRange {
+                first: 30000,
+                last: 30099,
+            },
             passive_address: None,
             ftps: true,
             anonymous: true,
@@ -371,7 +390,10 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { enabled: true, bind: SocketAddr::from(([0, 0, 0, 0], 80)) }
+        Self {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 80)),
+        }
     }
 }
 
@@ -412,7 +434,11 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { enabled: true, bind: SocketAddr::from(([127, 0, 0, 1], 8080)), token: None }
+        Self {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+        }
     }
 }
 
@@ -447,8 +473,10 @@ impl Default for TrackerConfig {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, &path.display().to_string(), base)
     }
@@ -457,8 +485,15 @@ impl Config {
     /// certificate paths are checked relative to `base`.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| validate::line_of(text, s.start)).unwrap_or(1);
-            ConfigError::Syntax { file: file.to_string(), line, message: e.message().trim().to_string() }
+            let line = e
+                .span()
+                .map(|s| validate::line_of(text, s.start))
+                .unwrap_or(1);
+            ConfigError::Syntax {
+                file: file.to_string(),
+                line,
+                message: e.message().trim().to_string(),
+            }
         })?;
         validate::validate(&config, text, file, base)?;
         Ok(config)

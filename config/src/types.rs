@@ -14,7 +14,8 @@ macro_rules! string_serde {
         impl<'de> Deserialize<'de> for $t {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = String::deserialize(d)?;
-                s.parse().map_err(|e| serde::de::Error::custom(format!("{e} (expected {})", $expect)))
+                s.parse()
+                    .map_err(|e| serde::de::Error::custom(format!("{e} (expected {})", $expect)))
             }
         }
         impl Serialize for $t {
@@ -94,7 +95,9 @@ impl FromStr for PortRange {
             }
         };
         if first == 0 || last < first {
-            return Err(format!("`{s}` is not a port range: write FIRST-LAST with 1 <= FIRST <= LAST"));
+            return Err(format!(
+                "`{s}` is not a port range: write FIRST-LAST with 1 <= FIRST <= LAST"
+            ));
         }
         Ok(PortRange { first, last })
     }
@@ -131,8 +134,14 @@ impl FromStr for Ipv4Range {
         let (a, b) = s
             .split_once('-')
             .ok_or_else(|| format!("`{s}` is not an address range: write FIRST-LAST"))?;
-        let first: Ipv4Addr = a.trim().parse().map_err(|_| format!("`{a}` is not an IPv4 address"))?;
-        let last: Ipv4Addr = b.trim().parse().map_err(|_| format!("`{b}` is not an IPv4 address"))?;
+        let first: Ipv4Addr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+        let last: Ipv4Addr = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{b}` is not an IPv4 address"))?;
         if u32::from(last) < u32::from(first) {
             return Err(format!("`{s}`: the last address comes before the first"));
         }
@@ -144,7 +153,10 @@ impl fmt::Display for Ipv4Range {
         write!(f, "{}-{}", self.first, self.last)
     }
 }
-string_serde!(Ipv4Range, "an address range such as \"192.0.2.100-192.0.2.199\"");
+string_serde!(
+    Ipv4Range,
+    "an address range such as \"192.0.2.100-192.0.2.199\""
+);
 
 /// An IPv4 network, `192.0.2.0/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,19 +183,31 @@ impl Ipv4Net {
     pub fn from_mask(ip: Ipv4Addr, mask: Ipv4Addr) -> Option<Ipv4Net> {
         let m = u32::from(mask);
         let prefix = m.leading_ones();
-        (m.count_ones() == prefix).then(|| Ipv4Net { addr: ip, prefix: prefix as u8 })
+        (m.count_ones() == prefix).then(|| Ipv4Net {
+            addr: ip,
+            prefix: prefix as u8,
+        })
     }
 }
 
 fn prefix_to_mask(prefix: u8) -> u32 {
-    if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) }
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    }
 }
 
 impl FromStr for Ipv4Net {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = s.split_once('/').ok_or_else(|| format!("`{s}` is not a network: write ADDRESS/PREFIX"))?;
-        let addr: Ipv4Addr = a.trim().parse().map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not a network: write ADDRESS/PREFIX"))?;
+        let addr: Ipv4Addr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IPv4 address"))?;
         let prefix: u8 = p
             .trim()
             .parse()
@@ -215,7 +239,10 @@ impl MacAddr {
 impl FromStr for MacAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let digits: String = s.chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
+        let digits: String = s
+            .chars()
+            .filter(|c| !matches!(c, ':' | '-' | '.'))
+            .collect();
         let bytes = hex::decode(&digits).map_err(|_| format!("`{s}` is not a MAC address"))?;
         let arr: [u8; 6] = bytes
             .try_into()
@@ -226,7 +253,11 @@ impl FromStr for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 string_serde!(MacAddr, "a MAC address such as \"00:90:8f:12:34:56\"");
@@ -243,7 +274,10 @@ impl MacPrefix {
 impl FromStr for MacPrefix {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let digits: String = s.chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
+        let digits: String = s
+            .chars()
+            .filter(|c| !matches!(c, ':' | '-' | '.'))
+            .collect();
         let bytes = hex::decode(&digits).map_err(|_| format!("`{s}` is not a MAC prefix"))?;
         if bytes.is_empty() || bytes.len() > 6 {
             return Err(format!("`{s}` is not a MAC prefix (1 to 6 bytes)"));
@@ -270,11 +304,22 @@ mod tests {
         assert!("soon".parse::<Duration>().is_err());
         assert_eq!("30100-30199".parse::<PortRange>().map(|r| r.len()), Ok(100));
         assert!("200-100".parse::<PortRange>().is_err());
-        let r: Ipv4Range = "192.0.2.100-192.0.2.199".parse().unwrap_or_else(|e| panic!("{e}"));
+        let r: Ipv4Range = "192.0.2.100-192.0.2.199"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.len(), 100);
         assert!("192.0.2.9-192.0.2.1".parse::<Ipv4Range>().is_err());
-        for s in ["00:90:8f:12:34:56", "00-90-8F-12-34-56", "00908F123456", "0090.8f12.3456"] {
-            assert_eq!(s.parse::<MacAddr>().map(|m| m.bare()), Ok("00908f123456".to_string()), "{s}");
+        for s in [
+            "00:90:8f:12:34:56",
+            "00-90-8F-12-34-56",
+            "00908F123456",
+            "0090.8f12.3456",
+        ] {
+            assert_eq!(
+                s.parse::<MacAddr>().map(|m| m.bare()),
+                Ok("00908f123456".to_string()),
+                "{s}"
+            );
         }
         assert!("00:90:8f".parse::<MacAddr>().is_err());
         let n: Ipv4Net = "192.0.2.7/24".parse().unwrap_or_else(|e| panic!("{e}"));

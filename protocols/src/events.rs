@@ -97,13 +97,39 @@ pub enum EventKind {
         tftp: Option<TftpOptions>,
     },
     /// Bytes delivered so far (acknowledged, for TFTP). Rate-limited.
-    TransferProgress { id: u64, bytes: u64 },
-    TransferFinished { id: u64, bytes: u64, sha256: String, duration_ms: u64, retransmits: u64 },
+    TransferProgress {
+        id: u64,
+        bytes: u64,
+    },
+    TransferFinished {
+        id: u64,
+        bytes: u64,
+        sha256: String,
+        duration_ms: u64,
+        retransmits: u64,
+    },
     /// The client went away or sent an error. A header probe is a normal abort.
-    TransferAborted { id: u64, bytes: u64, reason: String, duration_ms: u64 },
+    TransferAborted {
+        id: u64,
+        bytes: u64,
+        reason: String,
+        duration_ms: u64,
+    },
     /// A request that got no content: missing file, traversal, refused write.
-    TransferRefused { proto: Proto, peer: SocketAddr, path: String, reason: String, user_agent: Option<String> },
-    StoreChanged { path: String, change: StoreChange, sha256: Option<String>, version: Option<String>, model: Option<String> },
+    TransferRefused {
+        proto: Proto,
+        peer: SocketAddr,
+        path: String,
+        reason: String,
+        user_agent: Option<String>,
+    },
+    StoreChanged {
+        path: String,
+        change: StoreChange,
+        sha256: Option<String>,
+        version: Option<String>,
+        model: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +153,10 @@ pub struct WireEvent {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The broadcast bus. Cheap to clone. A slow subscriber lags and is told how many
@@ -148,7 +177,11 @@ impl Default for EventBus {
 impl EventBus {
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity);
-        Self { tx, seq: Arc::new(AtomicU64::new(0)), ids: Arc::new(AtomicU64::new(0)) }
+        Self {
+            tx,
+            seq: Arc::new(AtomicU64::new(0)),
+            ids: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Continue numbering after `seq` (after a restart rebuilt from the journal).
@@ -160,7 +193,11 @@ impl EventBus {
     pub fn publish(&self, kind: EventKind) -> u64 {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         // No receivers is normal (e.g. a protocol used alone in a test).
-        let _ = self.tx.send(Arc::new(WireEvent { seq, at_ms: now_ms(), kind }));
+        let _ = self.tx.send(Arc::new(WireEvent {
+            seq,
+            at_ms: now_ms(),
+            kind,
+        }));
         seq
     }
 

@@ -1,1 +1,535 @@
-//! http server (work in progress).
+//! HTTP and HTTPS file serving over the store.
+//!
+//! GET and HEAD with Content-Length, Last-Modified, a strong ETag from the content
+//! hash, Accept-Ranges; a single Range gives 206, an unsatisfiable one 416; If-None-Match
+//! and If-Modified-Since give 304; If-Match and If-Unmodified-Since give 412; and
+//! If-Range is honoured (a stale validator gets the whole file — tower-http's ServeDir
+//! ignores it, which would corrupt a resumed firmware download of a changed image).
+//! Every response body reads one pinned snapshot, so a file replaced mid-download is
+//! delivered whole, in its old version.
+//!
+//! The accept loop is hand-written on hyper-util rather than `axum::serve`: it runs
+//! each TLS handshake in its own task with a timeout (a slow or hostile client cannot
+//! stall accepts), records the peer address for every request, and drains in-flight
+//! downloads on shutdown with hyper-util's `GracefulShutdown`.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use provbox_storage::{Snapshot, Store, StoreError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{EventBus, EventKind, Proto};
+use crate::progress::{Transfer, TransferStart};
+use crate::warn_limited;
+
+/// Read size for response bodies. Large reads keep TLS records full and syscalls few.
+const CHUNK: usize = 256 * 1024;
+/// A TLS handshake that takes longer is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(
+        "cannot bind {proto} to {addr}: {source}; is another server using the port, or does it need root (ports below 1024)?"
+    )]
+    Bind {
+        proto: Proto,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Builds the rustls server config: ring provider, TLS 1.2 and 1.3 only, h2 + http/1.1.
+pub fn tls_config(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// An HTTP or HTTPS file server, bound and ready to run.
+pub struct HttpServer {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<FileState>,
+}
+
+#[derive(Debug)]
+struct FileState {
+    store: Store,
+    bus: EventBus,
+    proto: Proto,
+}
+
+/// The peer of a connection, put into each request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl HttpServer {
+    /// Binds `addr` (port 0 picks a free port). With `tls`, serves HTTPS.
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        store: Store,
+        bus: EventBus,
+    ) -> Result<HttpServer, HttpError> {
+        let proto = if tls.is_some() {
+            Proto::Https
+        } else {
+            Proto::Http
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| HttpError::Bind {
+                proto,
+                addr,
+                source,
+            })?;
+        Ok(HttpServer {
+            listener,
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
+            state: Arc::new(FileState { store, bus, proto }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown`, then lets in-flight requests finish for up to `grace`.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        let router = axum::Router::new()
+            .fallback(serve_file)
+            .with_state(self.state.clone());
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().max_buf_size(4 * 1024 * 1024).writev(true);
+        let builder = Arc::new(builder);
+        let proto = self.state.proto;
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off rather than spin.
+                        warn_limited!(%proto, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let svc = router.clone().layer(axum::Extension(Peer(peer)));
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let builder = builder.clone();
+            match &self.tls {
+                None => {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let tls =
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    metrics::counter!("provbox_tls_handshake_failures_total")
+                                        .increment(1);
+                                    warn_limited!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    warn_limited!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                            .into_owned();
+                        let _ = watcher.watch(conn).await;
+                    });
+                }
+            }
+        }
+        drop(self.listener);
+        tokio::select! {
+            _ = graceful.shutdown() => {}
+            _ = tokio::time::sleep(grace) => tracing::info!(%proto, "grace period over; closing remaining connections"),
+        }
+    }
+}
+
+/// The one handler: every path is a store path.
+async fn serve_file(
+    State(st): State<Arc<FileState>>,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    req: Request,
+) -> Response {
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "provbox serves files read-only: GET and HEAD\n",
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let headers = req.headers();
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let raw_path = req.uri().path();
+    let refuse = |status: StatusCode, path: &str, reason: String| {
+        metrics::counter!("provbox_requests_refused_total", "proto" => st.proto.to_string())
+            .increment(1);
+        st.bus.publish(EventKind::TransferRefused {
+            proto: st.proto,
+            peer,
+            path: path.to_string(),
+            reason: reason.clone(),
+            user_agent: user_agent.clone(),
+        });
+        (status, format!("{reason}\n")).into_response()
+    };
+    let Some(path) = percent_decode(raw_path) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            raw_path,
+            "malformed percent-encoding in the path".into(),
+        );
+    };
+    let snap = match st.store.open(&path).await {
+        Ok(s) => s,
+        Err(e @ StoreError::Refused { .. }) => {
+            warn_limited!(%peer, path = %raw_path, error = %e, "refused request");
+            return refuse(StatusCode::FORBIDDEN, &path, e.to_string());
+        }
+        Err(StoreError::NotFound(_)) => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                &path,
+                format!("no such file: {path}"),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store error");
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &path,
+                "store error".into(),
+            );
+        }
+    };
+    respond(
+        &st,
+        peer,
+        &path,
+        snap,
+        headers,
+        method == Method::HEAD,
+        user_agent,
+    )
+}
+
+fn respond(
+    st: &FileState,
+    peer: SocketAddr,
+    path: &str,
+    snap: Snapshot,
+    headers: &HeaderMap,
+    head: bool,
+    user_agent: Option<String>,
+) -> Response {
+    let entry = snap.entry.clone();
+    let etag = format!("\"{}\"", entry.sha256);
+    let last_modified = httpdate::fmt_http_date(entry.mtime());
+    let mtime_secs = entry.mtime_ms / 1000;
+    let base = |status: StatusCode| {
+        let mut b = Response::builder()
+            .status(status)
+            .header(header::ETAG, &etag)
+            .header(header::LAST_MODIFIED, &last_modified)
+            .header(header::ACCEPT_RANGES, "bytes");
+        if status != StatusCode::NOT_MODIFIED {
+            b = b.header(header::CONTENT_TYPE, content_type(&entry.path));
+        }
+        b
+    };
+    let get = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let date_secs = |v: &str| {
+        httpdate::parse_http_date(v)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+
+    // RFC 9110 §13.2.2 order: If-Match, If-Unmodified-Since, If-None-Match, If-Modified-Since, If-Range.
+    if let Some(im) = get(header::IF_MATCH)
+        && !etag_matches(im, &etag)
+    {
+        return base(StatusCode::PRECONDITION_FAILED)
+            .body(Body::empty())
+            .unwrap_or_default();
+    }
+    if get(header::IF_MATCH).is_none()
+        && let Some(t) = get(header::IF_UNMODIFIED_SINCE).and_then(date_secs)
+        && mtime_secs > t
+    {
+        return base(StatusCode::PRECONDITION_FAILED)
+            .body(Body::empty())
+            .unwrap_or_default();
+    }
+    if let Some(inm) = get(header::IF_NONE_MATCH) {
+        if etag_matches(inm, &etag) {
+            return base(StatusCode::NOT_MODIFIED)
+                .body(Body::empty())
+                .unwrap_or_default();
+        }
+    } else if let Some(t) = get(header::IF_MODIFIED_SINCE).and_then(date_secs)
+        && mtime_secs <= t
+    {
+        return base(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .unwrap_or_default();
+    }
+
+    let size = entry.size;
+    let range_allowed = match get(header::IF_RANGE) {
+        None => true,
+        Some(v) if v.starts_with('"') || v.starts_with("W/") => v == etag, // strong comparison
+        Some(v) => date_secs(v).is_some_and(|t| t == mtime_secs),
+    };
+    let mut status = StatusCode::OK;
+    let (mut offset, mut len) = (0, size);
+    if let Some(r) = get(header::RANGE).filter(|_| range_allowed) {
+        match http_range_header::parse_range_header(r).map(|p| p.validate(size)) {
+            Ok(Ok(ranges)) if ranges.len() == 1 => {
+                let (s, e) = (*ranges[0].start(), *ranges[0].end());
+                offset = s;
+                len = e - s + 1;
+                status = StatusCode::PARTIAL_CONTENT;
+            }
+            // Several ranges: serving the whole file is allowed (RFC 9110 §14.2) and is
+            // what a firmware client can always use.
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                return Response::builder()
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                    .header(header::ACCEPT_RANGES, "bytes")
+                    .body(Body::empty())
+                    .unwrap_or_default();
+            }
+            // A malformed Range header is ignored (RFC 9110 §14.2).
+            Err(_) => {}
+        }
+    }
+    let mut b = base(status).header(header::CONTENT_LENGTH, len);
+    if status == StatusCode::PARTIAL_CONTENT {
+        b = b.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{}", offset, offset + len - 1, size),
+        );
+    }
+    if head {
+        return b.body(Body::empty()).unwrap_or_default();
+    }
+    let transfer = Transfer::start(
+        &st.bus,
+        TransferStart {
+            proto: st.proto,
+            peer,
+            path,
+            entry: &entry,
+            offset,
+            size: len,
+            user_agent,
+            tftp: None,
+        },
+    );
+    let body = SnapshotBody {
+        snap: Arc::new(snap),
+        pos: offset,
+        end: offset + len,
+        sent: 0,
+        read: None,
+        transfer: Some(transfer),
+    };
+    b.body(Body::new(body)).unwrap_or_default()
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
+}
+
+fn content_type(path: &str) -> &'static str {
+    let lower = path.to_ascii_lowercase();
+    let ext = lower.rsplit('.').next().unwrap_or("");
+    match ext {
+        "cfg" | "txt" | "ini" | "conf" => "text/plain; charset=utf-8",
+        "xml" => "application/xml",
+        "json" => "application/json",
+        "htm" | "html" => "text/html; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Decodes `%XX` once. The store's resolver then refuses anything that still looks
+/// encoded (double encoding) or climbs out of the root.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+type ReadFuture = Pin<Box<dyn std::future::Future<Output = std::io::Result<Bytes>> + Send>>;
+
+/// A response body reading a byte range of a pinned snapshot in large chunks, off the
+/// async threads, reporting progress. Dropped before its end = the client went away.
+struct SnapshotBody {
+    snap: Arc<Snapshot>,
+    pos: u64,
+    end: u64,
+    sent: u64,
+    read: Option<ReadFuture>,
+    transfer: Option<Transfer>,
+}
+
+impl http_body::Body for SnapshotBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if self.pos >= self.end {
+            if let Some(t) = self.transfer.take() {
+                t.finish();
+            }
+            return Poll::Ready(None);
+        }
+        if self.read.is_none() {
+            let (snap, pos, n) = (
+                self.snap.clone(),
+                self.pos,
+                CHUNK.min((self.end - self.pos) as usize),
+            );
+            self.read = Some(Box::pin(async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; n];
+                    let got = snap.read_full_at(&mut buf, pos)?;
+                    if got < n {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "snapshot shorter than its index entry",
+                        ));
+                    }
+                    Ok(Bytes::from(buf))
+                })
+                .await
+                .map_err(std::io::Error::other)?
+            }));
+        }
+        let Some(fut) = self.read.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match fut.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => {
+                self.read = None;
+                if let Some(t) = self.transfer.take() {
+                    t.abort(format!("read error: {e}"));
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Ok(chunk)) => {
+                self.read = None;
+                self.pos += chunk.len() as u64;
+                // Count what is handed to hyper for sending; the previous chunk is on the wire.
+                self.sent += chunk.len() as u64;
+                let sent = self.sent;
+                if let Some(t) = self.transfer.as_mut() {
+                    t.progress(sent);
+                }
+                Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pos >= self.end && self.transfer.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.end - self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_once() {
+        assert_eq!(percent_decode("/a%20b.cfg").as_deref(), Some("/a b.cfg"));
+        assert_eq!(
+            percent_decode("/%252e%252e/x").as_deref(),
+            Some("/%2e%2e/x")
+        );
+        assert_eq!(percent_decode("/bad%zz"), None);
+        assert_eq!(percent_decode("/trunc%2"), None);
+    }
+
+    #[test]
+    fn etags() {
+        assert!(etag_matches("\"abc\", \"def\"", "\"def\""));
+        assert!(etag_matches("*", "\"x\""));
+        assert!(!etag_matches("\"abc\"", "\"abd\""));
+    }
+}

@@ -66,7 +66,8 @@ impl Transfer {
             user_agent: s.user_agent,
             tftp: s.tftp,
         });
-        metrics::counter!("provbox_transfers_started_total", "proto" => s.proto.to_string()).increment(1);
+        metrics::counter!("provbox_transfers_started_total", "proto" => s.proto.to_string())
+            .increment(1);
         let now = Instant::now();
         Transfer {
             bus: bus.clone(),
@@ -96,17 +97,23 @@ impl Transfer {
         let delta = total.saturating_sub(self.bytes);
         self.bytes = self.bytes.max(total);
         if delta > 0 {
-            metrics::counter!("provbox_bytes_served_total", "proto" => self.proto.to_string()).increment(delta);
+            metrics::counter!("provbox_bytes_served_total", "proto" => self.proto.to_string())
+                .increment(delta);
         }
         let step = (self.size * PROGRESS_PERCENT / 100).max(1);
-        if self.last_emit.elapsed() >= PROGRESS_INTERVAL || self.bytes - self.last_emit_bytes >= step {
+        if self.last_emit.elapsed() >= PROGRESS_INTERVAL
+            || self.bytes - self.last_emit_bytes >= step
+        {
             self.emit_progress();
         }
     }
 
     fn emit_progress(&mut self) {
         if self.bytes != self.last_emit_bytes {
-            self.bus.publish(EventKind::TransferProgress { id: self.id, bytes: self.bytes });
+            self.bus.publish(EventKind::TransferProgress {
+                id: self.id,
+                bytes: self.bytes,
+            });
             self.last_emit_bytes = self.bytes;
         }
         self.last_emit = Instant::now();
@@ -171,12 +178,20 @@ pub struct CountingReader<R> {
 
 impl<R> CountingReader<R> {
     pub fn new(inner: R, transfer: Transfer) -> Self {
-        Self { inner, transfer: Some(transfer), read: 0 }
+        Self {
+            inner,
+            transfer: Some(transfer),
+            read: 0,
+        }
     }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &res {

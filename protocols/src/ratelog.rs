@@ -13,7 +13,10 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub const fn new(interval: Duration) -> Self {
-        Self { interval, state: Mutex::new((None, 0)) }
+        Self {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
     }
 
     /// Returns `Some(suppressed)` when a line may be logged now.

@@ -56,13 +56,19 @@ pub struct ImageName {
 /// The model drops a `UC` family prefix (`UCC450HD` is the UC build for `C450HD`).
 pub fn parse_image_name(file_name: &str) -> ImageName {
     let lower = file_name.to_ascii_lowercase();
-    let Some(stem) = lower.strip_suffix(".img").map(|_| &file_name[..file_name.len() - 4]) else {
+    let Some(stem) = lower
+        .strip_suffix(".img")
+        .map(|_| &file_name[..file_name.len() - 4])
+    else {
         return ImageName::default();
     };
     let tokens: Vec<&str> = stem.split('_').filter(|t| !t.is_empty()).collect();
     let is_version_start = |t: &str| {
         let mut parts = t.split('.');
-        parts.next().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) && t.contains('.')
+        parts
+            .next()
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            && t.contains('.')
     };
     let vpos = tokens.iter().position(|t| is_version_start(t));
     let (model_tok, version) = match vpos {
@@ -70,7 +76,10 @@ pub fn parse_image_name(file_name: &str) -> ImageName {
         Some(p) => (Some(tokens[p - 1]), Some(tokens[p..].join("_"))),
         None => (tokens.last().copied(), None),
     };
-    let model = model_tok.map(strip_family_prefix).filter(|m| looks_like_model(m)).map(|m| m.to_ascii_uppercase());
+    let model = model_tok
+        .map(strip_family_prefix)
+        .filter(|m| looks_like_model(m))
+        .map(|m| m.to_ascii_uppercase());
     ImageName { model, version }
 }
 
@@ -78,7 +87,11 @@ fn strip_family_prefix(tok: &str) -> &str {
     let upper = tok.to_ascii_uppercase();
     if upper.starts_with("UC") && tok.len() > 2 {
         let rest = &tok[2..];
-        if rest.chars().next().is_some_and(|c| c.is_ascii_digit() || c.eq_ignore_ascii_case(&'C')) {
+        if rest
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c.eq_ignore_ascii_case(&'C'))
+        {
             return rest;
         }
     }
@@ -108,10 +121,16 @@ fn strip_mac_separators(name: &str) -> String {
         let window = &b[i..i + 17];
         let sep = window[2];
         let is_mac = (sep == b':' || sep == b'-')
-            && (0..6).all(|k| window[k * 3].is_ascii_hexdigit() && window[k * 3 + 1].is_ascii_hexdigit())
+            && (0..6).all(|k| {
+                window[k * 3].is_ascii_hexdigit() && window[k * 3 + 1].is_ascii_hexdigit()
+            })
             && (0..5).all(|k| window[k * 3 + 2] == sep);
         if is_mac {
-            let digits: String = window.iter().filter(|c| **c != sep).map(|c| *c as char).collect();
+            let digits: String = window
+                .iter()
+                .filter(|c| **c != sep)
+                .map(|c| *c as char)
+                .collect();
             return format!("{}{}{}", &name[..i], digits, &name[i + 17..]);
         }
         i += 1;
@@ -148,17 +167,37 @@ mod tests {
     fn image_names() {
         let s = |x: &str| Some(x.to_string());
         assert_eq!(parsed("450HD_3.4.8.198.img"), (s("450HD"), s("3.4.8.198")));
-        assert_eq!(parsed("UC450HD_3.4.4.1000.69.img"), (s("450HD"), s("3.4.4.1000.69")));
-        assert_eq!(parsed("AudioCodes_UCC450HD_3.4.8.198.1.img"), (s("C450HD"), s("3.4.8.198.1")));
-        assert_eq!(parsed("440HD_2.2.16.501.img"), (s("440HD"), s("2.2.16.501")));
-        assert_eq!(parsed("310HD_1.4.1_build_32.img"), (s("310HD"), s("1.4.1_build_32")));
+        assert_eq!(
+            parsed("UC450HD_3.4.4.1000.69.img"),
+            (s("450HD"), s("3.4.4.1000.69"))
+        );
+        assert_eq!(
+            parsed("AudioCodes_UCC450HD_3.4.8.198.1.img"),
+            (s("C450HD"), s("3.4.8.198.1"))
+        );
+        assert_eq!(
+            parsed("440HD_2.2.16.501.img"),
+            (s("440HD"), s("2.2.16.501"))
+        );
+        assert_eq!(
+            parsed("310HD_1.4.1_build_32.img"),
+            (s("310HD"), s("1.4.1_build_32"))
+        );
         assert_eq!(parsed("450HD.img"), (s("450HD"), None));
         assert_eq!(parsed("00908f123456.cfg"), (None, None));
     }
 
     #[test]
     fn hidden_names() {
-        for n in [".x.img", "a.img~", "a.tmp", "a.part", ".a.swp", "4913", "a.img.TMP"] {
+        for n in [
+            ".x.img",
+            "a.img~",
+            "a.tmp",
+            "a.part",
+            ".a.swp",
+            "4913",
+            "a.img.TMP",
+        ] {
             assert!(is_hidden(n), "{n}");
         }
         for n in ["450HD.img", "00908f123456.cfg", "SHA256SUMS"] {
@@ -171,8 +210,14 @@ mod tests {
     fn mac_keys() {
         assert_eq!(lookup_key("00908F123456.cfg"), "00908f123456.cfg");
         assert_eq!(lookup_key("00:90:8F:12:34:56.cfg"), "00908f123456.cfg");
-        assert_eq!(lookup_key("cfg/00-90-8f-12-34-56.cfg"), "cfg/00908f123456.cfg");
-        assert_eq!(lookup_key("SEP00-90-8f-12-34-56.cnf.xml"), "sep00908f123456.cnf.xml");
+        assert_eq!(
+            lookup_key("cfg/00-90-8f-12-34-56.cfg"),
+            "cfg/00908f123456.cfg"
+        );
+        assert_eq!(
+            lookup_key("SEP00-90-8f-12-34-56.cnf.xml"),
+            "sep00908f123456.cnf.xml"
+        );
         assert_eq!(lookup_key("450HD.img"), "450hd.img");
     }
 

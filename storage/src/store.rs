@@ -45,9 +45,15 @@ pub enum StoreError {
     #[error("no such file: {0}")]
     NotFound(String),
     #[error("store I/O error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("file watcher error on {path}: {source}")]
-    Watch { path: PathBuf, source: notify::Error },
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
 }
 
 impl StoreError {
@@ -136,7 +142,10 @@ pub struct Index {
 
 impl Index {
     fn build(files: BTreeMap<String, Indexed>) -> Index {
-        let keys = files.keys().map(|p| (names::lookup_key(p), p.clone())).collect();
+        let keys = files
+            .keys()
+            .map(|p| (names::lookup_key(p), p.clone()))
+            .collect();
         Index { files, keys }
     }
 
@@ -172,7 +181,11 @@ impl Index {
             .values()
             .map(|i| &i.entry)
             .filter(|e| e.kind == FileKind::Firmware)
-            .filter(|e| e.model.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(model)))
+            .filter(|e| {
+                e.model
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(model))
+            })
             .filter(|e| e.path.rsplit_once('/').map_or("", |(d, _)| d) == dir)
             .max_by(|a, b| {
                 let v = match (&a.version, &b.version) {
@@ -189,26 +202,46 @@ impl Index {
     pub fn is_dir(&self, dir: &str) -> bool {
         dir.is_empty() || {
             let prefix = format!("{dir}/");
-            self.files.range(prefix.clone()..).next().is_some_and(|(k, _)| k.starts_with(&prefix))
+            self.files
+                .range(prefix.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&prefix))
         }
     }
 
     /// The files and subdirectories directly inside `dir`.
     pub fn list(&self, dir: &str) -> Vec<DirItem> {
-        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
         let mut dirs: BTreeMap<String, u64> = BTreeMap::new();
         let mut files = Vec::new();
         for (path, i) in self.files.range(prefix.clone()..) {
-            let Some(rest) = path.strip_prefix(&prefix) else { break };
+            let Some(rest) = path.strip_prefix(&prefix) else {
+                break;
+            };
             match rest.split_once('/') {
                 Some((sub, _)) => {
                     let m = dirs.entry(sub.to_string()).or_insert(0);
                     *m = (*m).max(i.entry.mtime_ms);
                 }
-                None => files.push(DirItem { name: rest.to_string(), entry: Some(i.entry.clone()), mtime_ms: i.entry.mtime_ms }),
+                None => files.push(DirItem {
+                    name: rest.to_string(),
+                    entry: Some(i.entry.clone()),
+                    mtime_ms: i.entry.mtime_ms,
+                }),
             }
         }
-        dirs.into_iter().map(|(name, mtime_ms)| DirItem { name, entry: None, mtime_ms }).chain(files).collect()
+        dirs.into_iter()
+            .map(|(name, mtime_ms)| DirItem {
+                name,
+                entry: None,
+                mtime_ms,
+            })
+            .chain(files)
+            .collect()
     }
 }
 
@@ -329,7 +362,10 @@ impl Store {
         let (root2, blobs2) = (root.clone(), blobs.clone());
         let files = tokio::task::spawn_blocking(move || initial_scan(&root2, &blobs2, manifest))
             .await
-            .map_err(|e| StoreError::Io { path: root.clone(), source: std::io::Error::other(e) })?;
+            .map_err(|e| StoreError::Io {
+                path: root.clone(),
+                source: std::io::Error::other(e),
+            })?;
         indexer.files = files;
         indexer.publish();
         indexer.collect_garbage_all();
@@ -358,9 +394,14 @@ impl Store {
 
     /// Resolves and finds a file without opening it.
     pub fn lookup(&self, requested: &str) -> Result<Arc<Entry>, StoreError> {
-        let rel = resolve::resolve(requested)
-            .map_err(|reason| StoreError::Refused { path: requested.to_string(), reason })?;
-        self.index().find(&rel).cloned().ok_or(StoreError::NotFound(rel))
+        let rel = resolve::resolve(requested).map_err(|reason| StoreError::Refused {
+            path: requested.to_string(),
+            reason,
+        })?;
+        self.index()
+            .find(&rel)
+            .cloned()
+            .ok_or(StoreError::NotFound(rel))
     }
 
     /// Opens the current version of a file. The returned snapshot keeps reading that
@@ -372,10 +413,25 @@ impl Store {
             let entry = self.lookup(requested)?;
             let blob = self.shared.blobs.join(&entry.sha256);
             match tokio::task::spawn_blocking(move || std::fs::File::open(blob)).await {
-                Ok(Ok(file)) => return Ok(Snapshot { entry, file: Arc::new(file) }),
+                Ok(Ok(file)) => {
+                    return Ok(Snapshot {
+                        entry,
+                        file: Arc::new(file),
+                    });
+                }
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Ok(Err(source)) => return Err(StoreError::Io { path: self.shared.blobs.join(&entry.sha256), source }),
-                Err(e) => return Err(StoreError::Io { path: self.shared.blobs.clone(), source: std::io::Error::other(e) }),
+                Ok(Err(source)) => {
+                    return Err(StoreError::Io {
+                        path: self.shared.blobs.join(&entry.sha256),
+                        source,
+                    });
+                }
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: self.shared.blobs.clone(),
+                        source: std::io::Error::other(e),
+                    });
+                }
             }
         }
         Err(StoreError::NotFound(requested.to_string()))
@@ -395,7 +451,10 @@ fn start_watcher(
     root: &Path,
     control: mpsc::UnboundedSender<Msg>,
 ) -> Result<Box<dyn std::any::Any + Send>, StoreError> {
-    let werr = |source| StoreError::Watch { path: root.to_path_buf(), source };
+    let werr = |source| StoreError::Watch {
+        path: root.to_path_buf(),
+        source,
+    };
     let handler = move |res| {
         let _ = control.send(Msg::Notify(res));
     };
@@ -411,11 +470,13 @@ fn start_watcher(
             cfg,
         )
         .map_err(werr)?;
-        d.watch(root, notify::RecursiveMode::Recursive).map_err(werr)?;
+        d.watch(root, notify::RecursiveMode::Recursive)
+            .map_err(werr)?;
         Ok(Box::new(d))
     } else {
         let mut d = notify_debouncer_full::new_debouncer(debounce, None, handler).map_err(werr)?;
-        d.watch(root, notify::RecursiveMode::Recursive).map_err(werr)?;
+        d.watch(root, notify::RecursiveMode::Recursive)
+            .map_err(werr)?;
         Ok(Box::new(d))
     }
 }
@@ -446,7 +507,8 @@ impl Indexer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut rescan = tokio::time::interval(self.opts.rescan_interval.max(Duration::from_secs(1)));
+        let mut rescan =
+            tokio::time::interval(self.opts.rescan_interval.max(Duration::from_secs(1)));
         rescan.tick().await;
         loop {
             tokio::select! {
@@ -488,7 +550,8 @@ impl Indexer {
             }
             match e.kind {
                 // Our own servers open files all the time; reads change nothing.
-                NK::Access(AccessKind::Open(_)) | NK::Access(AccessKind::Close(AccessMode::Read)) => continue,
+                NK::Access(AccessKind::Open(_))
+                | NK::Access(AccessKind::Close(AccessMode::Read)) => continue,
                 NK::Access(AccessKind::Close(AccessMode::Write)) => self.touch(&rel, Some(false)),
                 NK::Modify(ModifyKind::Data(_)) => self.touch(&rel, Some(!self.opts.poll)),
                 _ => {
@@ -498,7 +561,12 @@ impl Indexer {
                         self.touch(&rel, None);
                         // A directory removed or renamed away takes its files with it.
                         let prefix = format!("{rel}/");
-                        let under: Vec<String> = self.files.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+                        let under: Vec<String> = self
+                            .files
+                            .keys()
+                            .filter(|k| k.starts_with(&prefix))
+                            .cloned()
+                            .collect();
                         for k in under {
                             self.touch(&k, None);
                         }
@@ -511,7 +579,11 @@ impl Indexer {
     /// Marks a path for re-examination. `writing`: Some(true) a writer is active,
     /// Some(false) it closed, None unknown (keep what we knew).
     fn touch(&mut self, rel: &str, writing: Option<bool>) {
-        let p = self.pending.entry(rel.to_string()).or_insert(Pending { stat: None, quiet_since: Instant::now(), writing: false });
+        let p = self.pending.entry(rel.to_string()).or_insert(Pending {
+            stat: None,
+            quiet_since: Instant::now(),
+            writing: false,
+        });
         p.quiet_since = Instant::now();
         p.stat = None;
         if let Some(w) = writing {
@@ -531,7 +603,12 @@ impl Indexer {
         let mut found = Vec::new();
         walk(&self.shared.root, &self.shared.root, &mut found);
         let present: std::collections::HashSet<&String> = found.iter().map(|(r, _)| r).collect();
-        let gone: Vec<String> = self.files.keys().filter(|k| !present.contains(k)).cloned().collect();
+        let gone: Vec<String> = self
+            .files
+            .keys()
+            .filter(|k| !present.contains(k))
+            .cloned()
+            .collect();
         for g in gone {
             self.touch(&g, None);
         }
@@ -550,8 +627,12 @@ impl Indexer {
         let root = self.shared.root.clone();
         let paths: Vec<String> = self.pending.keys().cloned().collect();
         for rel in paths {
-            let meta = std::fs::metadata(root.join(&rel)).ok().filter(|m| m.is_file());
-            let Some(p) = self.pending.get_mut(&rel) else { continue };
+            let meta = std::fs::metadata(root.join(&rel))
+                .ok()
+                .filter(|m| m.is_file());
+            let Some(p) = self.pending.get_mut(&rel) else {
+                continue;
+            };
             let stat = meta.as_ref().map(Stat::of);
             if stat != p.stat {
                 p.stat = stat;
@@ -561,7 +642,8 @@ impl Indexer {
                 }
             }
             let quiet = now.duration_since(p.quiet_since);
-            let settled = force || (quiet >= self.opts.settle && (!p.writing || quiet >= WRITER_GRACE));
+            let settled =
+                force || (quiet >= self.opts.settle && (!p.writing || quiet >= WRITER_GRACE));
             if settled {
                 ready.push((rel, stat));
             }
@@ -573,7 +655,8 @@ impl Indexer {
                 Some(stat) if self.files.get(&rel).is_some_and(|i| i.stat == stat) => {}
                 Some(_) => {
                     let (root, blobs, r) = (root.clone(), self.shared.blobs.clone(), rel.clone());
-                    let res = tokio::task::spawn_blocking(move || snapshot(&root, &blobs, &r)).await;
+                    let res =
+                        tokio::task::spawn_blocking(move || snapshot(&root, &blobs, &r)).await;
                     match res {
                         Ok(Ok(indexed)) => self.commit(rel, indexed),
                         Ok(Err(SnapError::Changed)) => self.touch(&rel, None),
@@ -618,7 +701,10 @@ impl Indexer {
             self.release_blob(&old.entry.sha256);
             self.dirty = true;
             tracing::info!(path = %rel, "store file removed");
-            let _ = self.shared.changes.send(StoreEvent::Removed(rel.to_string()));
+            let _ = self
+                .shared
+                .changes
+                .send(StoreEvent::Removed(rel.to_string()));
         }
     }
 
@@ -638,7 +724,11 @@ impl Indexer {
     }
 
     fn collect_garbage_all(&self) {
-        let used: std::collections::HashSet<&str> = self.files.values().map(|i| i.entry.sha256.as_str()).collect();
+        let used: std::collections::HashSet<&str> = self
+            .files
+            .values()
+            .map(|i| i.entry.sha256.as_str())
+            .collect();
         if let Ok(rd) = std::fs::read_dir(&self.shared.blobs) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
@@ -651,9 +741,14 @@ impl Indexer {
 
     fn save_manifest(&mut self) {
         self.dirty = false;
-        let Ok(bytes) = serde_json::to_vec(&self.files) else { return };
+        let Ok(bytes) = serde_json::to_vec(&self.files) else {
+            return;
+        };
         let tmp = self.manifest_path.with_extension("json.tmp");
-        if std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &self.manifest_path)).is_err() {
+        if std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &self.manifest_path))
+            .is_err()
+        {
             tracing::warn!(path = %self.manifest_path.display(), "cannot write the store manifest; the next start rehashes the store");
         }
     }
@@ -662,7 +757,9 @@ impl Indexer {
 /// Every visible regular file under `dir`, with metadata. Symlinks are followed only
 /// when they stay inside the root.
 fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, std::fs::Metadata)>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -680,7 +777,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, std::fs::Metadata)>) {
                 }
             }
         }
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
         if meta.is_dir() {
             if !ft.is_symlink() {
                 walk(root, &path, out);
@@ -694,7 +793,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, std::fs::Metadata)>) {
     }
 }
 
-fn initial_scan(root: &Path, blobs: &Path, manifest: HashMap<String, Indexed>) -> BTreeMap<String, Indexed> {
+fn initial_scan(
+    root: &Path,
+    blobs: &Path,
+    manifest: HashMap<String, Indexed>,
+) -> BTreeMap<String, Indexed> {
     let mut found = Vec::new();
     walk(root, root, &mut found);
     let mut files = BTreeMap::new();
@@ -712,7 +815,9 @@ fn initial_scan(root: &Path, blobs: &Path, manifest: HashMap<String, Indexed>) -
             Ok(i) => {
                 files.insert(rel, i);
             }
-            Err(e) => tracing::warn!(path = %rel, error = ?e, "cannot snapshot store file at start-up"),
+            Err(e) => {
+                tracing::warn!(path = %rel, error = ?e, "cannot snapshot store file at start-up")
+            }
         }
     }
     files
@@ -731,17 +836,28 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 fn snapshot(root: &Path, blobs: &Path, rel: &str) -> Result<Indexed, SnapError> {
     let src = root.join(rel);
     let before = Stat::of(&std::fs::metadata(&src).map_err(SnapError::Io)?);
-    let tmp = blobs.join(format!(".tmp-{}-{}", std::process::id(), TMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let tmp = blobs.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let cleanup = |e| {
         let _ = std::fs::remove_file(&tmp);
         e
     };
-    reflink_copy::reflink_or_copy(&src, &tmp).map_err(SnapError::Io).map_err(cleanup)?;
-    let after = std::fs::metadata(&src).map(|m| Stat::of(&m)).map_err(SnapError::Io).map_err(cleanup)?;
+    reflink_copy::reflink_or_copy(&src, &tmp)
+        .map_err(SnapError::Io)
+        .map_err(cleanup)?;
+    let after = std::fs::metadata(&src)
+        .map(|m| Stat::of(&m))
+        .map_err(SnapError::Io)
+        .map_err(cleanup)?;
     if after != before {
         return Err(cleanup(SnapError::Changed));
     }
-    let mut f = std::fs::File::open(&tmp).map_err(SnapError::Io).map_err(cleanup)?;
+    let mut f = std::fs::File::open(&tmp)
+        .map_err(SnapError::Io)
+        .map_err(cleanup)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
@@ -761,10 +877,16 @@ fn snapshot(root: &Path, blobs: &Path, rel: &str) -> Result<Indexed, SnapError> 
     if blob.is_file() {
         let _ = std::fs::remove_file(&tmp);
     } else {
-        let mut perm = f.metadata().map_err(SnapError::Io).map_err(cleanup)?.permissions();
+        let mut perm = f
+            .metadata()
+            .map_err(SnapError::Io)
+            .map_err(cleanup)?
+            .permissions();
         perm.set_readonly(true);
         let _ = std::fs::set_permissions(&tmp, perm);
-        std::fs::rename(&tmp, &blob).map_err(SnapError::Io).map_err(cleanup)?;
+        std::fs::rename(&tmp, &blob)
+            .map_err(SnapError::Io)
+            .map_err(cleanup)?;
     }
     let name = rel.rsplit('/').next().unwrap_or(rel);
     let img = names::parse_image_name(name);
@@ -780,4 +902,32 @@ fn snapshot(root: &Path, blobs: &Path, rel: &str) -> Result<Indexed, SnapError> 
         }),
         stat: before,
     })
+}
+
+/// What a read-only look at a store directory found (for `provbox check`): no
+/// snapshots are taken and nothing is written.
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// (relative path, kind, model, version, size)
+    pub files: Vec<(String, FileKind, Option<String>, Option<String>, u64)>,
+}
+
+/// Lists the files a store directory would serve.
+pub fn survey(root: &Path) -> Result<Survey, StoreError> {
+    let root = root.canonicalize().map_err(|source| StoreError::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let mut found = Vec::new();
+    walk(&root, &root, &mut found);
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let files = found
+        .into_iter()
+        .map(|(rel, meta)| {
+            let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
+            let img = names::parse_image_name(&name);
+            (rel, FileKind::of(&name), img.model, img.version, meta.len())
+        })
+        .collect();
+    Ok(Survey { files })
 }

@@ -10,11 +10,17 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}; give a readable PEM file")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} holds no usable {what} in PEM form")]
     Pem { path: PathBuf, what: &'static str },
     #[error("cannot write the generated certificate to {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot generate a certificate: {0}")]
     Generate(#[from] rcgen::Error),
 }
@@ -48,16 +54,34 @@ pub fn load_or_generate(
             (c, k, true)
         }
     };
-    let read = |p: &Path| std::fs::read(p).map_err(|source| TlsError::Read { path: p.to_path_buf(), source });
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
     let cert_pem = read(&cert_path)?;
     let key_pem = read(&key_path)?;
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&cert_pem).filter_map(Result::ok).collect();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .filter_map(Result::ok)
+        .collect();
     if chain.is_empty() {
-        return Err(TlsError::Pem { path: cert_path, what: "certificate" });
+        return Err(TlsError::Pem {
+            path: cert_path,
+            what: "certificate",
+        });
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem { path: key_path.clone(), what: "private key" })?;
-    Ok(TlsMaterial { chain, key, cert_path, key_path, generated })
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem {
+        path: key_path.clone(),
+        what: "private key",
+    })?;
+    Ok(TlsMaterial {
+        chain,
+        key,
+        cert_path,
+        key_path,
+        generated,
+    })
 }
 
 fn generate(dir: &Path, cert: &Path, key: &Path, names: &[String]) -> Result<(), TlsError> {
@@ -80,7 +104,10 @@ fn generate(dir: &Path, cert: &Path, key: &Path, names: &[String]) -> Result<(),
     };
     std::fs::create_dir_all(dir).map_err(werr(dir))?;
     // Write both under temporary names and rename, so a crash never leaves half a pair.
-    let (ct, kt) = (cert.with_extension("pem.tmp"), key.with_extension("pem.tmp"));
+    let (ct, kt) = (
+        cert.with_extension("pem.tmp"),
+        key.with_extension("pem.tmp"),
+    );
     std::fs::write(&kt, kp.serialize_pem()).map_err(werr(&kt))?;
     std::fs::write(&ct, c.pem()).map_err(werr(&ct))?;
     {

@@ -1,0 +1,314 @@
+//! Start-up and shutdown of everything: the store, TLS material, every enabled server,
+//! the tracker and the API. `provbox serve` and `provbox demo` use it, and so can other
+//! projects' integration tests:
+//!
+//! ```no_run
+//! # async fn t() -> anyhow::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let app = provbox::Appliance::builder().store(dir.path().join("store")).state(dir.path().join("state")).loopback().start().await?;
+//! println!("HTTP on {:?}", app.addrs().http);
+//! app.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Order matters: file servers bind first so that DHCP knows their (possibly
+//! ephemeral) ports for `{http_port}`-style placeholders; every bind happens before any
+//! server runs, so a port clash fails start-up as a whole instead of half-starting.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use provbox_config::Config;
+use provbox_protocols::events::{EventBus, EventKind, StoreChange};
+use provbox_protocols::http::HttpServer;
+use provbox_storage::{Store, StoreEvent, StoreOptions};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Where each enabled service listens.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Addrs {
+    pub dhcp: Option<SocketAddr>,
+    pub tftp: Option<SocketAddr>,
+    pub ftp: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub api: Option<SocketAddr>,
+}
+
+/// A running appliance.
+pub struct Appliance {
+    addrs: Addrs,
+    bus: EventBus,
+    store: Store,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Builds an [`Appliance`].
+#[derive(Debug, Clone)]
+pub struct ApplianceBuilder {
+    config: Config,
+    grace: Duration,
+}
+
+impl Default for ApplianceBuilder {
+    fn default() -> Self {
+        Self {
+            config: Config::default(),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The Prometheus recorder is process-global; install it once.
+static METRICS: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
+
+/// The process's Prometheus handle (None if another recorder was installed first).
+pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    METRICS
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}
+
+impl ApplianceBuilder {
+    /// Starts from a whole config.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+    pub fn store(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.store.root = dir.into();
+        self
+    }
+    pub fn state(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.state.dir = dir.into();
+        self
+    }
+    /// How long in-flight downloads may run on after shutdown is asked for.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+    /// Every service on 127.0.0.1 with an ephemeral port, DHCP in relay mode with a
+    /// pool in 127.77.0.0/16: no root needed, and tests can run side by side.
+    pub fn loopback(mut self) -> Self {
+        let lo = |_: SocketAddr| SocketAddr::from(([127, 0, 0, 1], 0));
+        let c = &mut self.config;
+        c.dhcp.bind = lo(c.dhcp.bind);
+        c.dhcp.server_ip = Some(Ipv4Addr::LOCALHOST);
+        c.dhcp.interface = None;
+        if c.dhcp.pool.is_none() {
+            c.dhcp.subnet = "127.77.0.0/16".parse().ok();
+            c.dhcp.pool = "127.77.0.10-127.77.3.250".parse().ok();
+            c.dhcp.router = Some(Ipv4Addr::new(127, 77, 0, 1));
+        }
+        c.tftp.bind = lo(c.tftp.bind);
+        c.ftp.bind = lo(c.ftp.bind);
+        c.http.bind = lo(c.http.bind);
+        c.https.bind = lo(c.https.bind);
+        c.api.bind = lo(c.api.bind);
+        c.api.token = None;
+        // Passive FTP needs a range, not port 0: pick a random block to keep parallel
+        // fixtures apart.
+        let first = 40000 + 100 * rand::random_range(0..190u16);
+        c.ftp.passive_ports = provbox_config::PortRange {
+            first,
+            last: first + 99,
+        };
+        self.grace = Duration::from_secs(1);
+        self
+    }
+    /// Applies a change to the config before start.
+    pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    pub async fn start(self) -> anyhow::Result<Appliance> {
+        Appliance::start(self.config, self.grace).await
+    }
+}
+
+impl Appliance {
+    pub fn builder() -> ApplianceBuilder {
+        ApplianceBuilder::default()
+    }
+
+    pub fn addrs(&self) -> &Addrs {
+        &self.addrs
+    }
+    pub fn bus(&self) -> &EventBus {
+        &self.bus
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    async fn start(config: Config, grace: Duration) -> anyhow::Result<Appliance> {
+        // ring is the only provider compiled in; installing it also makes a stray
+        // default-provider lookup deterministic.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = metrics_handle();
+        let config = Arc::new(config);
+        let state_dir = config.state.dir.clone();
+        std::fs::create_dir_all(&state_dir).with_context(|| {
+            format!(
+                "cannot create the state directory {}; set [state] dir to a writable place",
+                state_dir.display()
+            )
+        })?;
+
+        let bus = EventBus::default();
+        let store = Store::start(StoreOptions {
+            root: config.store.root.clone(),
+            state_dir: state_dir.join("store"),
+            poll: config.store.poll,
+            poll_interval: config.store.poll_interval.get(),
+            settle: config.store.settle.get(),
+            rescan_interval: config.store.rescan_interval.get(),
+        })
+        .await
+        .with_context(|| format!("cannot open the store {}", config.store.root.display()))?;
+        tracing::info!(root = %store.root().display(), files = store.index().len(), "store indexed");
+
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let mut addrs = Addrs::default();
+
+        // Store changes become wire events.
+        {
+            let mut rx = store.subscribe();
+            let (bus, shutdown) = (bus.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                loop {
+                    let ev =
+                        tokio::select! { _ = shutdown.cancelled() => break, ev = rx.recv() => ev };
+                    let kind = match ev {
+                        Ok(StoreEvent::Added(e)) => store_event(&e, StoreChange::Added),
+                        Ok(StoreEvent::Modified(e)) => store_event(&e, StoreChange::Modified),
+                        Ok(StoreEvent::Removed(path)) => EventKind::StoreChanged {
+                            path,
+                            change: StoreChange::Removed,
+                            sha256: None,
+                            version: None,
+                            model: None,
+                        },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    };
+                    bus.publish(kind);
+                }
+            });
+        }
+
+        // TLS material is shared by HTTPS and FTPS.
+        let tls = if config.https.enabled || (config.ftp.enabled && config.ftp.ftps) {
+            let mut names = config.https.san.clone();
+            if let Some(ip) = config.dhcp.server_ip {
+                names.push(ip.to_string());
+            }
+            let m = provbox_storage::tls::load_or_generate(
+                config.https.cert.as_deref(),
+                config.https.key.as_deref(),
+                &state_dir,
+                &names,
+            )
+            .context("TLS certificate")?;
+            Some(
+                provbox_protocols::http::tls_config(m.chain.clone(), m.key.clone_key())
+                    .context("the TLS certificate and key do not fit together")?,
+            )
+        } else {
+            None
+        };
+
+        // Bind everything first.
+        let http = if config.http.enabled {
+            Some(HttpServer::bind(config.http.bind, None, store.clone(), bus.clone()).await?)
+        } else {
+            None
+        };
+        let https = match (&tls, config.https.enabled) {
+            (Some(tls), true) => Some(
+                HttpServer::bind(
+                    config.https.bind,
+                    Some(tls.clone()),
+                    store.clone(),
+                    bus.clone(),
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        addrs.http = http.as_ref().and_then(|s| s.local_addr().ok());
+        addrs.https = https.as_ref().and_then(|s| s.local_addr().ok());
+
+        for server in [http, https].into_iter().flatten() {
+            let sd = shutdown.clone();
+            tasks.spawn(server.run(sd, grace));
+        }
+
+        let app = Appliance {
+            addrs,
+            bus,
+            store,
+            config,
+            shutdown,
+            tasks,
+        };
+        app.log_addresses();
+        Ok(app)
+    }
+
+    fn log_addresses(&self) {
+        let a = &self.addrs;
+        for (name, addr) in [
+            ("dhcp", a.dhcp),
+            ("tftp", a.tftp),
+            ("ftp", a.ftp),
+            ("http", a.http),
+            ("https", a.https),
+            ("api", a.api),
+        ] {
+            if let Some(addr) = addr {
+                tracing::info!(service = name, %addr, "listening");
+            }
+        }
+    }
+
+    /// Stops every server: new connections are refused at once, in-flight downloads
+    /// get the grace period.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// A token that is cancelled when the appliance shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+fn store_event(e: &provbox_storage::Entry, change: StoreChange) -> EventKind {
+    EventKind::StoreChanged {
+        path: e.path.clone(),
+        change,
+        sha256: Some(e.sha256.clone()),
+        version: e.version.clone(),
+        model: e.model.clone(),
+    }
+}

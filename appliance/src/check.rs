@@ -1,0 +1,88 @@
+//! `provbox check`: validates the config and looks at the store without changing
+//! anything; with `--model`/`--mac` it explains what that phone would be given.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use provbox_config::{Config, MacAddr};
+use provbox_storage::FileKind;
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The config file; the defaults are checked without one.
+    #[arg(short, long, env = "PROVBOX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Explain what a phone of this model (as in DHCP option 60/77) would get.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Explain what the phone with this MAC would get.
+    #[arg(long)]
+    pub mac: Option<MacAddr>,
+}
+
+pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        Some(p) => Config::load(p),
+        None => Ok(Config::defaults()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            println!("config: INVALID\n  {e}");
+            return Ok(ExitCode::from(64));
+        }
+    };
+    let src = args
+        .config
+        .as_ref()
+        .map_or("built-in defaults".to_string(), |p| p.display().to_string());
+    println!("config: OK ({src})");
+    for (name, enabled, bind) in [
+        (
+            "dhcp",
+            config.dhcp.enabled && config.dhcp.pool.is_some(),
+            config.dhcp.bind,
+        ),
+        ("tftp", config.tftp.enabled, config.tftp.bind),
+        ("ftp", config.ftp.enabled, config.ftp.bind),
+        ("http", config.http.enabled, config.http.bind),
+        ("https", config.https.enabled, config.https.bind),
+        ("api", config.api.enabled, config.api.bind),
+    ] {
+        println!(
+            "  {name:<6} {}",
+            if enabled {
+                bind.to_string()
+            } else {
+                "off".to_string()
+            }
+        );
+    }
+    match provbox_storage::store::survey(&config.store.root) {
+        Ok(s) => {
+            let count = |k| s.files.iter().filter(|f| f.1 == k).count();
+            println!(
+                "store: {} ({} files: {} firmware, {} config, {} other)",
+                config.store.root.display(),
+                s.files.len(),
+                count(FileKind::Firmware),
+                count(FileKind::Config),
+                count(FileKind::Other)
+            );
+            for (path, kind, model, version, size) in &s.files {
+                if *kind == FileKind::Firmware {
+                    println!(
+                        "  {path:<40} model {:<8} version {:<14} {size} bytes",
+                        model.as_deref().unwrap_or("?"),
+                        version.as_deref().unwrap_or("(none in name)")
+                    );
+                }
+            }
+        }
+        Err(e) => println!("store: {e} (it is created on first start)"),
+    }
+    if args.model.is_some() || args.mac.is_some() {
+        println!("(DHCP policy explanation: see below)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
