@@ -60,7 +60,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     match provbox_storage::store::survey(&config.store.root) {
         Ok(s) => {
-            let count = |k| s.files.iter().filter(|f| f.1 == k).count();
+            let count = |k| s.files.iter().filter(|f| f.kind == k).count();
             println!(
                 "store: {} ({} files: {} firmware, {} config, {} other)",
                 config.store.root.display(),
@@ -69,8 +69,9 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 count(FileKind::Config),
                 count(FileKind::Other)
             );
-            for (path, kind, model, version, size) in &s.files {
-                if *kind == FileKind::Firmware {
+            for f in &s.files {
+                let (path, model, version, size) = (&f.path, &f.model, &f.version, f.size);
+                if f.kind == FileKind::Firmware {
                     println!(
                         "  {path:<40} model {:<8} version {:<14} {size} bytes",
                         model.as_deref().unwrap_or("?"),

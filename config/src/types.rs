@@ -183,7 +183,7 @@ impl Ipv4Net {
     pub fn from_mask(ip: Ipv4Addr, mask: Ipv4Addr) -> Option<Ipv4Net> {
         let m = u32::from(mask);
         let prefix = m.leading_ones();
-        (m.count_ones() == prefix).then(|| Ipv4Net {
+        (m.count_ones() == prefix).then_some(Ipv4Net {
             addr: ip,
             prefix: prefix as u8,
         })

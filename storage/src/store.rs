@@ -908,8 +908,17 @@ fn snapshot(root: &Path, blobs: &Path, rel: &str) -> Result<Indexed, SnapError> 
 /// snapshots are taken and nothing is written.
 #[derive(Debug, Default)]
 pub struct Survey {
-    /// (relative path, kind, model, version, size)
-    pub files: Vec<(String, FileKind, Option<String>, Option<String>, u64)>,
+    pub files: Vec<SurveyFile>,
+}
+
+/// One file a survey found.
+#[derive(Debug)]
+pub struct SurveyFile {
+    pub path: String,
+    pub kind: FileKind,
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub size: u64,
 }
 
 /// Lists the files a store directory would serve.
@@ -926,7 +935,13 @@ pub fn survey(root: &Path) -> Result<Survey, StoreError> {
         .map(|(rel, meta)| {
             let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
             let img = names::parse_image_name(&name);
-            (rel, FileKind::of(&name), img.model, img.version, meta.len())
+            SurveyFile {
+                path: rel,
+                kind: FileKind::of(&name),
+                model: img.model,
+                version: img.version,
+                size: meta.len(),
+            }
         })
         .collect();
     Ok(Survey { files })
