@@ -101,7 +101,21 @@ struct Mirror {
 }
 
 impl Mirror {
+    /// A declined address is not the MAC's address: the MAC is only recorded as the one
+    /// that declined it, so `by_mac` never points at a quarantined record.
     fn put(&mut self, lease: Lease) {
+        if lease.state == LeaseState::Declined {
+            if self.by_mac.get(&lease.mac) == Some(&lease.ip) {
+                self.by_mac.remove(&lease.mac);
+            }
+            if let Some(prev) = self.by_ip.get(&lease.ip)
+                && self.by_mac.get(&prev.mac) == Some(&lease.ip)
+            {
+                self.by_mac.remove(&prev.mac);
+            }
+            self.by_ip.insert(lease.ip, lease);
+            return;
+        }
         if let Some(old_ip) = self.by_mac.get(&lease.mac).copied()
             && old_ip != lease.ip
             && self.by_ip.get(&old_ip).is_some_and(|l| l.mac == lease.mac)
@@ -240,9 +254,11 @@ impl LeaseDb {
                             let old = moved.get(&lease.mac).or_else(|| mirror.by_mac.get(&lease.mac)).copied();
                             if let Some(old_ip) = old
                                 && old_ip != lease.ip
+                                && lease.state != LeaseState::Declined
                             {
                                 let still_theirs = match table.get(u32::from(old_ip)).map_err(|e| err(e.into()))? {
-                                    Some(v) => decode(old_ip, v.value()).is_some_and(|l| l.mac == lease.mac),
+                                    Some(v) => decode(old_ip, v.value())
+                                        .is_some_and(|l| l.mac == lease.mac && l.state != LeaseState::Declined),
                                     None => false,
                                 };
                                 if still_theirs {
@@ -251,7 +267,13 @@ impl LeaseDb {
                             }
                             encode(lease, &mut buf);
                             table.insert(u32::from(lease.ip), buf.as_slice()).map_err(|e| err(e.into()))?;
-                            moved.insert(lease.mac, lease.ip);
+                            if lease.state == LeaseState::Declined {
+                                if moved.get(&lease.mac) == Some(&lease.ip) {
+                                    moved.remove(&lease.mac);
+                                }
+                            } else {
+                                moved.insert(lease.mac, lease.ip);
+                            }
                         }
                         LeaseWrite::Remove(ip) => {
                             table.remove(u32::from(*ip)).map_err(|e| err(e.into()))?;
