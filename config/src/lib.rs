@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use types::{Duration, Ipv4Net, Ipv4Range, MacAddr, MacPrefix, PortRange};
-pub use validate::{PLACEHOLDERS, expand_template};
+pub use validate::{PLACEHOLDERS, TemplateVars, expand_template};
 
 /// A config problem, with where it is and what to do about it.
 #[derive(Debug, thiserror::Error)]
