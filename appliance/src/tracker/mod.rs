@@ -230,6 +230,11 @@ impl TrackerHandle {
         }
     }
 
+    /// Cancelled when the tracker stops (shutdown): long-lived streams end with it.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.inner.stopped.clone()
+    }
+
     /// True once the runner has stopped (shutdown).
     pub fn is_stopped(&self) -> bool {
         self.inner.stopped.is_cancelled()
