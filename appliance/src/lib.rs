@@ -3,8 +3,12 @@
 //! is a thin CLI over this library, which is also the test fixture
 //! ([`Appliance::builder`]).
 
+pub mod api;
 pub mod appliance;
 pub mod check;
+pub mod client;
+pub mod dashboard;
 pub mod logging;
+pub mod tracker;
 
 pub use appliance::{Addrs, Appliance, ApplianceBuilder};

@@ -460,6 +460,12 @@ pub struct TrackerConfig {
     pub journal_max_bytes: u64,
     /// Rotated journal files kept.
     pub journal_keep: usize,
+    /// A read of a firmware image that stops at or below this many bytes is a header
+    /// check (Range, early close, TFTP ERROR after two blocks); past it, a download.
+    pub firmware_check_bytes: u64,
+    /// Compare a delivered config's `system/type` with the phone's model and show a
+    /// mismatch as `config_rejected` (the phone discards such a file).
+    pub check_config_model: bool,
 }
 
 impl Default for TrackerConfig {
@@ -470,6 +476,8 @@ impl Default for TrackerConfig {
             burn_time: BTreeMap::new(),
             journal_max_bytes: 64 * 1024 * 1024,
             journal_keep: 4,
+            firmware_check_bytes: 256 * 1024,
+            check_config_model: true,
         }
     }
 }
