@@ -37,6 +37,38 @@ enum Command {
     },
     /// Validate the config and the store; explain what a phone would be given.
     Check(provbox::check::CheckArgs),
+    /// List a running instance's phones (table, or --json).
+    Devices {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live terminal view of a running instance's phones, with a progress bar each.
+    Watch {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Write a JUnit report (one testcase per phone) from a running instance, for CI.
+    Report {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Where to write the JUnit XML.
+        #[arg(long)]
+        junit: PathBuf,
+    },
+}
+
+/// How to reach a running instance's API.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// The API's base URL.
+    #[arg(long, env = "PROVBOX_API", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// Bearer token, when the API requires one.
+    #[arg(long, env = "PROVBOX_API_TOKEN")]
+    token: Option<String>,
 }
 
 /// EX_USAGE from sysexits.h: the config is wrong.
@@ -76,6 +108,30 @@ fn main() -> ExitCode {
                 serve(config).await.map(|_| ExitCode::SUCCESS)
             }
             Command::Check(args) => provbox::check::run(args).await,
+            Command::Devices { api, json } => {
+                provbox::client::devices(&api.api, api.token.as_deref(), json)
+                    .await
+                    .map(|_| ExitCode::SUCCESS)
+            }
+            Command::Watch { api } => provbox::client::watch(&api.api, api.token.as_deref())
+                .await
+                .map(|_| ExitCode::SUCCESS),
+            Command::Report { api, junit } => {
+                let summary =
+                    provbox::client::report_junit(&api.api, api.token.as_deref(), &junit).await?;
+                eprintln!(
+                    "{}: {} phones, {} not provisioned",
+                    junit.display(),
+                    summary.phones,
+                    summary.failures
+                );
+                // A CI pipeline fails when a phone did not make it.
+                Ok(if summary.failures == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
         }
     });
     match result {
