@@ -2,3 +2,4 @@
 //! the web API and dashboard, the phone simulator and the demo. The `provbox` binary
 //! is a thin CLI over this library, which is also the test fixture
 //! (`Appliance::builder()`).
+pub mod sim;
