@@ -287,6 +287,9 @@ pub struct TftpConfig {
     pub max_windowsize: u16,
     /// Initial retransmission timeout; adapted to the measured RTT after the first ACKs.
     pub timeout: Duration,
+    /// Floor of the adapted retransmission timeout: below it, scheduling hiccups of a
+    /// busy host would look like losses.
+    pub min_timeout: Duration,
     /// Retransmissions of one packet before the transfer is given up.
     pub retries: u32,
     /// Accept WRQ into this directory (phone logs). Refused when unset.
@@ -305,6 +308,7 @@ impl Default for TftpConfig {
             max_blksize: 65464,
             max_windowsize: 64,
             timeout: Duration::from_secs(1),
+            min_timeout: Duration::from_millis(10),
             retries: 6,
             upload_dir: None,
             upload_max: 16 * 1024 * 1024,
