@@ -250,3 +250,37 @@ async fn ftp_fleet_against_vsftpd() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tftp_fleet_against_tftpd_hpa() {
+    let fleet = Fleet::generate(
+        3,
+        &["450HD"],
+        Family::Uc,
+        "00:90:8f:a4:00:01".parse().unwrap(),
+    )
+    .configure(fast);
+    let macs: Vec<String> = fleet.specs.iter().map(|p| p.mac_in_names()).collect();
+    let store = store_450(&macs);
+    let work = TempStore::new();
+    let port = free_udp_port();
+    let _tftpd = start_tftpd(work.path(), store.path(), Ipv4Addr::LOCALHOST, port);
+
+    // No port in the URL: the phones use --tftp-port, as with option 66 holding a host.
+    let mut target = SimTarget::static_url("tftp://127.0.0.1/450HD.img;<MAC>.cfg", first_ip());
+    target.tftp_port = port;
+    target.tftp.timeout = Duration::from_millis(500);
+    let report = fleet.run(target, None).await.unwrap();
+    assert!(report.all_provisioned(), "{}", report.table());
+    for p in &report.phones {
+        assert_eq!(p.final_version, "3.4.8.1");
+        assert_eq!((p.burns, p.firmware_checks), (1, 3));
+        // Header checks stop after two 1428-byte blocks (ERROR 0), then one full image.
+        assert_eq!(
+            p.firmware_bytes,
+            2 * MB + 3 * 2 * 1428,
+            "{}",
+            report.table()
+        );
+    }
+}
