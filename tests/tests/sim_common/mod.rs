@@ -109,7 +109,7 @@ impl Drop for Peer {
     }
 }
 
-fn spawn(name: &'static str, netns: Option<&str>, cmd: &[&str], log: PathBuf) -> Peer {
+pub fn spawn(name: &'static str, netns: Option<&str>, cmd: &[&str], log: PathBuf) -> Peer {
     let mut c = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -154,17 +154,26 @@ pub fn wait_tcp(addr: SocketAddr, peer: &mut Peer) {
 
 /// Waits (bounded, 10 s) until something listens on UDP `port` (in `netns` if given).
 pub fn wait_udp(port: u16, netns: Option<&str>, peer: &mut Peer) {
+    wait_listen("-lunH", port, netns, peer)
+}
+
+/// Waits (bounded, 10 s) until something listens on TCP `port` (in `netns` if given).
+pub fn wait_tcp_ns(port: u16, netns: Option<&str>, peer: &mut Peer) {
+    wait_listen("-ltnH", port, netns, peer)
+}
+
+fn wait_listen(flags: &str, port: u16, netns: Option<&str>, peer: &mut Peer) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let mut c = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "ss", "-lunH"]);
+                c.args(["netns", "exec", ns, "ss", flags]);
                 c
             }
             None => {
                 let mut c = Command::new("ss");
-                c.arg("-lunH");
+                c.arg(flags);
                 c
             }
         };
@@ -279,7 +288,7 @@ http {{
     if netns.is_none() {
         wait_tcp(SocketAddr::from((addr, port)), &mut peer);
     } else {
-        std::thread::sleep(Duration::from_millis(500));
+        wait_tcp_ns(port, netns, &mut peer);
     }
     (peer, access)
 }
