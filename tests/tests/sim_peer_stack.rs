@@ -296,3 +296,95 @@ fn sim_against_dnsmasq_and_nginx_in_netns() {
         String::from_utf8_lossy(&addrs.stdout)
     );
 }
+
+/// Relay mode (what the demo and provbox's loopback mode use) against ISC Kea: the
+/// phones relay from giaddr 127.77.0.1 with RFC 8357 sub-option 19, Kea answers to
+/// that source port, and the phones then fetch over HTTPS from their 127.77.1.x leases.
+#[test]
+fn sim_relay_mode_against_kea() {
+    assert!(
+        is_root(),
+        "this test creates a network namespace: run it as root (CI does)"
+    );
+    let ns = Netns::new("k");
+    let store = TempStore::new();
+    store.image("450HD.img", "450HD", "3.4.8.1", MB, false);
+    let macs = [
+        "00:90:8f:b2:00:01",
+        "00:90:8f:b2:00:02",
+        "00:90:8f:b2:00:03",
+    ];
+    for m in macs {
+        store.write(
+            &format!("{}.cfg", m.replace(':', "").to_uppercase()),
+            b"system/type=450HD\nvoip/line/0/auth_name=k\n",
+        );
+    }
+    let work = TempStore::new();
+    let https_port = 20444;
+    let (_nginx, access) = start_nginx(
+        work.path(),
+        store.path(),
+        Ipv4Addr::LOCALHOST,
+        https_port,
+        Some(&ns.name),
+    );
+
+    let kea_dir = work.sub("kea");
+    let conf = json!({ "Dhcp4": {
+        "interfaces-config": { "interfaces": ["lo"], "dhcp-socket-type": "udp" },
+        "lease-database": { "type": "memfile", "persist": false },
+        "valid-lifetime": 3600,
+        "option-def": [ { "name": "prov-url", "code": 160, "type": "string", "space": "dhcp4" } ],
+        "client-classes": [ {
+            "name": "p450",
+            "test": "substring(option[60].hex,0,5) == '450HD'",
+            "option-data": [ { "name": "prov-url", "data": format!("https://127.0.0.1:{https_port}/450HD.img;<MAC>.cfg") } ]
+        } ],
+        "subnet4": [ { "subnet": "127.77.0.0/16", "pools": [ { "pool": "127.77.1.10 - 127.77.1.200" } ] } ],
+        "loggers": [ { "name": "kea-dhcp4", "severity": "INFO", "output_options": [ { "output": "stdout" } ] } ]
+    } });
+    let conf_path = kea_dir.join("kea.json");
+    std::fs::write(&conf_path, conf.to_string()).unwrap();
+    let mut kea = {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name, "/usr/sbin/kea-dhcp4", "-c"])
+            .arg(&conf_path);
+        c.env("KEA_PIDFILE_DIR", &kea_dir)
+            .env("KEA_LOCKFILE_DIR", &kea_dir);
+        let log = kea_dir.join("kea.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = c
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Peer {
+            name: "kea-dhcp4",
+            child,
+            log,
+        }
+    };
+    wait_udp(67, Some(&ns.name), &mut kea);
+
+    let spec = json!({
+        "mode": "relay",
+        "server": "127.0.0.1:67",
+        "giaddr": "127.77.0.1",
+        "phones": macs.iter().map(|m| json!({"mac": m, "model": "450HD", "family": "uc"})).collect::<Vec<_>>(),
+    });
+    let report = run_child(&ns.name, &spec);
+    let alog = std::fs::read_to_string(&access).unwrap_or_default();
+    let ctx = format!("{report:#}\n--- kea\n{}\n--- nginx\n{alog}", kea.log_text());
+    assert_eq!(report["provisioned"], 3, "{ctx}");
+    for m in macs {
+        let p = phone(&report, m);
+        let ip = p["ip"].as_str().unwrap();
+        assert!(ip.starts_with("127.77.1."), "{ctx}");
+        assert_eq!(p["final_version"], "3.4.8.1", "{ctx}");
+        assert!(
+            alog.lines().any(|l| l.starts_with(&format!("{ip} "))),
+            "nginx saw {ip}: {ctx}"
+        );
+    }
+}
