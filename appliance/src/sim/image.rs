@@ -511,6 +511,14 @@ impl ImageSpec {
             w.flush()?;
             h
         };
+        // NamedTempFile is 0600; an image is meant to be served (often by a server
+        // running as another user), so make it world-readable like a normal file.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(header)
     }

@@ -263,6 +263,10 @@ pub struct TerminalProgress {
     phones: Mutex<HashMap<usize, ProgressBar>>,
     per_phone: bool,
     finished: Mutex<HashMap<usize, bool>>,
+    /// A phone moving bytes: a bar with byte counts.
+    transfer_style: ProgressStyle,
+    /// Any other phase: just the phase.
+    phase_style: ProgressStyle,
 }
 
 impl std::fmt::Debug for TerminalProgress {
@@ -288,6 +292,12 @@ impl TerminalProgress {
             phones: Mutex::new(HashMap::new()),
             per_phone: phones <= per_phone_limit,
             finished: Mutex::new(HashMap::new()),
+            transfer_style: ProgressStyle::with_template(
+                "{prefix} {wide_msg} [{bar:20.cyan/blue}] {bytes}/{total_bytes}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            phase_style: ProgressStyle::with_template("{prefix} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         }
     }
 
@@ -330,8 +340,13 @@ impl ProgressSink for TerminalProgress {
             }
         }
         if let Some(b) = self.bar(u) {
-            b.set_length(u.total.unwrap_or(u.bytes));
-            b.set_position(u.bytes);
+            if u.bytes > 0 || u.total.is_some() {
+                b.set_style(self.transfer_style.clone());
+                b.set_length(u.total.unwrap_or(u.bytes));
+                b.set_position(u.bytes);
+            } else {
+                b.set_style(self.phase_style.clone());
+            }
             let ip = u.ip.map(|i| i.to_string()).unwrap_or_default();
             b.set_message(format!("{:<15} {:<18} {}", ip, u.phase.label(), u.detail));
         }
