@@ -284,3 +284,83 @@ async fn tftp_fleet_against_tftpd_hpa() {
         );
     }
 }
+
+/// Rewrites the phone's config the first time it reports `running` (waiting for its
+/// periodic check), so the next check sees a changed config.
+struct ChangeConfigWhenRunning {
+    path: std::path::PathBuf,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl provbox::sim::ProgressSink for ChangeConfigWhenRunning {
+    fn update(&self, u: &provbox::sim::PhoneUpdate) {
+        if u.phase == Phase::Running && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::fs::write(
+                &self.path,
+                b"system/type=450HD\nvoip/line/0/auth_name=changed\n",
+            )
+            .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_rechecks_pick_up_a_changed_config_over_a_slow_link() {
+    let fleet = Fleet::generate(
+        1,
+        &["450HD"],
+        Family::Uc,
+        "00:90:8f:a5:00:01".parse().unwrap(),
+    )
+    .configure(fast)
+    .configure(|p| {
+        p.config_reboot = false;
+        p.timings.rechecks = 2;
+        p.timings.recheck_period = Some(Duration::from_millis(100));
+        p.faults.slow = Some(8 * MB);
+    });
+    let mac = fleet.specs[0].mac_in_names();
+    let store = store_450(std::slice::from_ref(&mac));
+    let work = TempStore::new();
+    let port = free_port();
+    let (_nginx, access) = start_nginx(work.path(), store.path(), Ipv4Addr::LOCALHOST, port, None);
+    let sink = std::sync::Arc::new(ChangeConfigWhenRunning {
+        path: store.path().join(format!("{mac}.cfg")),
+        done: std::sync::atomic::AtomicBool::new(false),
+    });
+    let target = SimTarget::static_url(
+        &format!("https://127.0.0.1:{port}/450HD.img;<MAC>.cfg"),
+        first_ip(),
+    );
+    let report = fleet.run(target, Some(sink)).await.unwrap();
+    let p = &report.phones[0];
+    let log = std::fs::read_to_string(&access).unwrap();
+    assert!(report.all_provisioned(), "{}\n{log}", report.table());
+    // Boot 1: check + download + burn. Boot 2: check + config. Then two periodic
+    // checks without DHCP; the first applies the changed config, the second finds
+    // nothing new.
+    assert_eq!(
+        (
+            p.boots,
+            p.dhcp_exchanges,
+            p.firmware_checks,
+            p.configs_applied
+        ),
+        (2, 2, 4, 2),
+        "{:?}",
+        p.timeline
+    );
+    assert_eq!(
+        p.timeline
+            .iter()
+            .filter(|s| s.phase == Phase::Running)
+            .count(),
+        2
+    );
+    assert_eq!(
+        lines_with(&log, &format!("GET /{mac}.cfg")).len(),
+        3,
+        "{log}"
+    );
+    assert_eq!(p.faults, vec![format!("slow={}B/s", 8 * MB)]);
+}

@@ -360,6 +360,15 @@ impl DhcpClient {
     }
 }
 
+/// Decodes a DHCP message. dhcproto 0.15 has `debug_assert!`s and an unchecked
+/// subtraction on option lengths (options 81, 94, 52…), so a malformed reply panics
+/// in debug builds; catch that so a bad packet is dropped, not the phone.
+pub fn decode(data: &[u8]) -> Option<Message> {
+    std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(data)).ok())
+        .ok()
+        .flatten()
+}
+
 fn msg_type(m: &Message) -> Option<MessageType> {
     match m.opts().get(OptionCode::MessageType) {
         Some(DhcpOption::MessageType(t)) => Some(*t),

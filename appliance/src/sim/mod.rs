@@ -709,4 +709,28 @@ mod tests {
             "00:90:8f:00:00:00"
         );
     }
+
+    proptest::proptest! {
+        /// Whatever a DHCP server or a file server sends, parsing never panics.
+        #[test]
+        fn wire_input_never_panics(text in ".{0,200}", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = url::from_option160(&text, "450HD", "00908F000001");
+            let _ = url::from_66_67(Some(&text), Some(&text), "450HD", "00908f000001");
+            if let Ok(u) = url::ProvUrl::parse("http://h/a/b.cfg") {
+                let _ = u.join(&text);
+            }
+            let _ = config_file::parse(&bytes);
+            let _ = config_file::parse(text.as_bytes());
+            let _ = image::parse_header(&bytes);
+            let _ = image::validate(&bytes);
+            let mut v = image::ImageValidator::new();
+            for c in bytes.chunks(7) {
+                let _ = v.feed(c);
+            }
+            let _ = v.finish();
+            if let Some(m) = dhcp_client::decode(&bytes) {
+                let _ = dhcp_client::lease_from(&m);
+            }
+        }
+    }
 }

@@ -243,10 +243,18 @@ pub fn substitute(s: &str, model: &str, mac: &str) -> String {
     while let Some(i) = rest.find('<') {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
-        if tail.len() >= 5 && tail[..5].eq_ignore_ascii_case("<MAC>") {
+        // `get` rather than indexing: the text comes off the wire and may hold
+        // multi-byte characters right after the `<`.
+        if tail
+            .get(..5)
+            .is_some_and(|h| h.eq_ignore_ascii_case("<MAC>"))
+        {
             out.push_str(mac);
             rest = &tail[5..];
-        } else if tail.len() >= 7 && tail[..7].eq_ignore_ascii_case("<MODEL>") {
+        } else if tail
+            .get(..7)
+            .is_some_and(|h| h.eq_ignore_ascii_case("<MODEL>"))
+        {
             out.push_str(model);
             rest = &tail[7..];
         } else {
