@@ -86,6 +86,10 @@ fn child_fleet() {
         ps.timings.power_on_delay = Duration::from_millis(20 * fleet.specs.len() as u64);
         ps.faults.power_loss = p["power_loss"].as_bool().unwrap_or(false);
         ps.user_class_rfc3004 = p["rfc3004"].as_bool().unwrap_or(false);
+        if let Some(period_ms) = p["recheck_ms"].as_u64() {
+            ps.timings.rechecks = 1;
+            ps.timings.recheck_period = Some(Duration::from_millis(period_ms));
+        }
         if p["lower"].as_bool().unwrap_or(false) {
             ps.mac_case = MacCase::Lower;
         }
@@ -335,6 +339,8 @@ fn sim_relay_mode_against_kea() {
         "interfaces-config": { "interfaces": ["lo"], "dhcp-socket-type": "udp" },
         "lease-database": { "type": "memfile", "persist": false },
         "valid-lifetime": 3600,
+        "renew-timer": 1,
+        "rebind-timer": 2,
         "option-def": [ { "name": "prov-url", "code": 160, "type": "string", "space": "dhcp4" } ],
         "client-classes": [ {
             "name": "p450",
@@ -371,7 +377,15 @@ fn sim_relay_mode_against_kea() {
         "mode": "relay",
         "server": "127.0.0.1:67",
         "giaddr": "127.77.0.1",
-        "phones": macs.iter().map(|m| json!({"mac": m, "model": "450HD", "family": "uc"})).collect::<Vec<_>>(),
+        // The last phone waits 1.5 s for a periodic check: past T1 (1 s), so it renews
+        // its lease first, through the relay path like every other message.
+        "phones": macs.iter().enumerate().map(|(i, m)| {
+            let mut p = json!({"mac": m, "model": "450HD", "family": "uc"});
+            if i == macs.len() - 1 {
+                p["recheck_ms"] = json!(1500);
+            }
+            p
+        }).collect::<Vec<_>>(),
     });
     let report = run_child(&ns.name, &spec);
     let alog = std::fs::read_to_string(&access).unwrap_or_default();

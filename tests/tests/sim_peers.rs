@@ -364,3 +364,39 @@ async fn periodic_rechecks_pick_up_a_changed_config_over_a_slow_link() {
     );
     assert_eq!(p.faults, vec![format!("slow={}B/s", 8 * MB)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_redirects_are_followed() {
+    let fleet = Fleet::generate(
+        1,
+        &["450HD"],
+        Family::Uc,
+        "00:90:8f:a6:00:01".parse().unwrap(),
+    )
+    .configure(fast);
+    let mac = fleet.specs[0].mac_in_names();
+    let store = store_450(std::slice::from_ref(&mac));
+    let work = TempStore::new();
+    let port = free_port();
+    let (_nginx, access) = start_nginx(work.path(), store.path(), Ipv4Addr::LOCALHOST, port, None);
+    let target = SimTarget::static_url(
+        &format!("https://127.0.0.1:{port}/moved/450HD.img;<MAC>.cfg"),
+        first_ip(),
+    );
+    let report = fleet.run(target, None).await.unwrap();
+    let log = std::fs::read_to_string(&access).unwrap();
+    assert!(report.all_provisioned(), "{}\n{log}", report.table());
+    assert_eq!(report.phones[0].final_version, "3.4.8.1");
+    assert!(
+        log.contains("\"GET /moved/450HD.img HTTP/1.1\" 302"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("\"GET /moved/{mac}.cfg HTTP/1.1\" 302")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("\"GET /{mac}.cfg HTTP/1.1\" 200")),
+        "{log}"
+    );
+}

@@ -258,7 +258,7 @@ http {{
     ssl_certificate {cert};
     ssl_certificate_key {key};
     root {root};
-    location /moved/ {{ return 302 /; }}
+    location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}
     location / {{ }}
   }}
 }}
