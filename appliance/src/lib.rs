@@ -8,7 +8,9 @@ pub mod appliance;
 pub mod check;
 pub mod client;
 pub mod dashboard;
+pub mod demo;
 pub mod logging;
+pub mod sim;
 pub mod tracker;
 
 pub use appliance::{Addrs, Appliance, ApplianceBuilder};
