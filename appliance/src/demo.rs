@@ -49,8 +49,14 @@ pub fn demo_config(dir: &Path) -> Config {
     c.state.dir = dir.join("state");
     c.store.settle = provbox_config::Duration::from_millis(100);
     let policy = |model: &str, url: &str| Policy {
-        name: Some(format!("{model} over {}", url.split(':').next().unwrap_or("?").to_uppercase())),
-        matcher: Match { model: Some(model.to_string()), ..Match::default() },
+        name: Some(format!(
+            "{model} over {}",
+            url.split(':').next().unwrap_or("?").to_uppercase()
+        )),
+        matcher: Match {
+            model: Some(model.to_string()),
+            ..Match::default()
+        },
         provisioning_url: Some(url.to_string()),
         ..Policy::default()
     };
@@ -77,7 +83,8 @@ pub fn build_store(store: &Path, fleet: &Fleet, image_size: u64) -> anyhow::Resu
             corrupt: false,
         };
         let path = store.join(format!("{model}_{STORE_VERSION}.img"));
-        spec.write_file(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        spec.write_file(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     for p in &fleet.specs {
         let text = format!(
@@ -93,11 +100,15 @@ pub fn build_store(store: &Path, fleet: &Fleet, image_size: u64) -> anyhow::Resu
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let image_size = crate::sim::image::parse_size(&args.image_size).map_err(|e| anyhow::anyhow!("--image-size: {e}"))?;
+    let image_size = crate::sim::image::parse_size(&args.image_size)
+        .map_err(|e| anyhow::anyhow!("--image-size: {e}"))?;
     let (tmp, dir) = match &args.dir {
         Some(d) => (None, d.clone()),
         None => {
-            let t = tempfile::Builder::new().prefix("provbox-demo-").tempdir().context("cannot create a temporary directory")?;
+            let t = tempfile::Builder::new()
+                .prefix("provbox-demo-")
+                .tempdir()
+                .context("cannot create a temporary directory")?;
             let d = t.path().to_path_buf();
             (Some(t), d)
         }
@@ -117,7 +128,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     });
     build_store(&dir.join("store"), &fleet, image_size)?;
 
-    let app = Appliance::builder().config(demo_config(&dir)).loopback().start().await?;
+    let app = Appliance::builder()
+        .config(demo_config(&dir))
+        .loopback()
+        .start()
+        .await?;
     let a = app.addrs().clone();
     let dhcp = a.dhcp.context("the demo needs DHCP")?;
     eprintln!("provbox demo in {}", dir.display());
@@ -150,5 +165,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     app.shutdown().await;
     drop(tmp);
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

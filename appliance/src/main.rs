@@ -37,6 +37,11 @@ enum Command {
     },
     /// Validate the config and the store; explain what a phone would be given.
     Check(provbox::check::CheckArgs),
+    /// Run the appliance on loopback with a simulated fleet of phones: the whole product
+    /// in one command, no root needed.
+    Demo(provbox::demo::DemoArgs),
+    /// Simulated AudioCodes 400HD phones against any provisioning server.
+    Sim(SimCmd),
     /// List a running instance's phones (table, or --json).
     Devices {
         #[command(flatten)]
@@ -58,6 +63,21 @@ enum Command {
         #[arg(long)]
         junit: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct SimCmd {
+    #[command(subcommand)]
+    sub: Option<SimSub>,
+    #[command(flatten)]
+    args: provbox::sim::SimArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum SimSub {
+    /// Write a synthetic firmware image (a PROVBOX-SIM test format, not a vendor format).
+    MakeImage(provbox::sim::MakeImageArgs),
 }
 
 /// How to reach a running instance's API.
@@ -83,7 +103,13 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, provbox_config:
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, &cli.log_level);
+    // The demo and the simulator draw progress bars: keep the appliance's info lines out
+    // of them unless a level was asked for.
+    let level = match (&cli.command, cli.log_level.as_str()) {
+        (Command::Demo(_) | Command::Sim(_), "info") => "warn",
+        (_, l) => l,
+    };
+    logging::init(cli.log_format, level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("provbox")
@@ -108,6 +134,19 @@ fn main() -> ExitCode {
                 serve(config).await.map(|_| ExitCode::SUCCESS)
             }
             Command::Check(args) => provbox::check::run(args).await,
+            Command::Demo(args) => provbox::demo::run(args).await,
+            Command::Sim(SimCmd {
+                sub: Some(SimSub::MakeImage(args)),
+                ..
+            }) => provbox::sim::make_image_cli(&args).map(|_| ExitCode::SUCCESS),
+            Command::Sim(SimCmd { sub: None, args }) => {
+                let report = provbox::sim::run(args).await?;
+                Ok(if report.all_provisioned() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
             Command::Devices { api, json } => {
                 provbox::client::devices(&api.api, api.token.as_deref(), json)
                     .await
