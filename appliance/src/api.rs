@@ -50,7 +50,9 @@ pub struct ApiState {
 
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiState").field("token", &self.token.as_ref().map(|_| "<set>")).finish_non_exhaustive()
+        f.debug_struct("ApiState")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,12 +87,22 @@ pub enum ServeError {
     )]
     NoToken(SocketAddr),
     #[error("API server error on {addr}: {source}")]
-    Io { addr: SocketAddr, source: std::io::Error },
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Serves the router on `listener` until `shutdown`.
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let addr = listener.local_addr().map_err(|source| ServeError::Io { addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })?;
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(|source| ServeError::Io {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
     if !addr.ip().is_loopback() && state.token.as_deref().is_none_or(str::is_empty) {
         return Err(ServeError::NoToken(addr));
     }
@@ -105,7 +117,10 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such page; the API is under /api/v1 (devices, events, leases, store), plus /metrics and /healthz")
+    error(
+        StatusCode::NOT_FOUND,
+        "no such page; the API is under /api/v1 (devices, events, leases, store), plus /metrics and /healthz",
+    )
 }
 
 /// Compares without an early exit, so the time taken does not reveal a prefix.
@@ -119,7 +134,10 @@ fn same_secret(a: &str, b: &str) -> bool {
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {
-    query?.split('&').find_map(|kv| kv.strip_prefix("token=")).map(|t| percent_decode(t))
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(percent_decode)
 }
 
 /// Minimal `%XX` and `+` decoding for the token query parameter.
@@ -177,7 +195,10 @@ async fn auth(State(s): State<ApiState>, req: Request, next: Next) -> Response {
                 StatusCode::UNAUTHORIZED,
                 "this API needs its token: send `Authorization: Bearer <token>` (or add ?token=<token>); the token is `[api] token` in the config",
             );
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"provbox\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"provbox\""),
+            );
             r
         }
     }
@@ -207,12 +228,19 @@ async fn devices(State(s): State<ApiState>, Query(q): Query<DevicesQuery>) -> Re
     let seq = s.tracker.feed_seq();
     let wanted: Option<Vec<PhoneState>> = match &q.state {
         Some(list) => {
-            let parsed: Result<Vec<PhoneState>, String> = list.split(',').filter(|x| !x.is_empty()).map(str::parse).collect();
+            let parsed: Result<Vec<PhoneState>, String> = list
+                .split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::parse)
+                .collect();
             match parsed {
                 Ok(v) => Some(v),
                 Err(e) => {
                     let all: Vec<&str> = PhoneState::ALL.iter().map(|s| s.as_str()).collect();
-                    return error(StatusCode::BAD_REQUEST, format!("{e}; states are {}", all.join(", ")));
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("{e}; states are {}", all.join(", ")),
+                    );
                 }
             }
         }
@@ -239,14 +267,17 @@ async fn devices(State(s): State<ApiState>, Query(q): Query<DevicesQuery>) -> Re
         })
         .collect();
     let mut r = Json(rows).into_response();
-    r.headers_mut().insert(FEED_SEQ_HEADER, HeaderValue::from(seq));
+    r.headers_mut()
+        .insert(FEED_SEQ_HEADER, HeaderValue::from(seq));
     r
 }
 
 fn unknown_device(key: &str) -> Response {
     error(
         StatusCode::NOT_FOUND,
-        format!("no device {key:?}: name it by MAC (any spelling) or address; GET /api/v1/devices lists the known ones"),
+        format!(
+            "no device {key:?}: name it by MAC (any spelling) or address; GET /api/v1/devices lists the known ones"
+        ),
     )
 }
 
@@ -274,7 +305,9 @@ async fn store(State(s): State<ApiState>) -> Response {
     // The image each (directory, model) would be upgraded to.
     let mut newest: BTreeMap<(String, String), serde_json::Value> = BTreeMap::new();
     for e in index.entries().filter(|e| e.kind == FileKind::Firmware) {
-        let (Some(model), dir) = (&e.model, e.path.rsplit_once('/').map_or("", |(d, _)| d)) else { continue };
+        let (Some(model), dir) = (&e.model, e.path.rsplit_once('/').map_or("", |(d, _)| d)) else {
+            continue;
+        };
         let key = (dir.to_string(), model.clone());
         if newest.contains_key(&key) {
             continue;
@@ -283,7 +316,8 @@ async fn store(State(s): State<ApiState>) -> Response {
             newest.insert(key, json!({ "dir": dir, "model": model, "path": n.path, "version": n.version, "sha256": n.sha256 }));
         }
     }
-    Json(json!({ "files": files, "newest": newest.into_values().collect::<Vec<_>>() })).into_response()
+    Json(json!({ "files": files, "newest": newest.into_values().collect::<Vec<_>>() }))
+        .into_response()
 }
 
 fn count_leases(v: &serde_json::Value) -> Option<usize> {
@@ -298,24 +332,42 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     use std::fmt::Write;
     let mut text = s.metrics.render();
     let counts = s.tracker.counts();
-    let _ = writeln!(text, "# HELP provbox_phones Phones by tracker state.\n# TYPE provbox_phones gauge");
+    let _ = writeln!(
+        text,
+        "# HELP provbox_phones Phones by tracker state.\n# TYPE provbox_phones gauge"
+    );
     for (state, n) in &counts {
         let _ = writeln!(text, "provbox_phones{{state=\"{state}\"}} {n}");
     }
-    let pending = s.tracker.devices().iter().filter(|d| d.update_pending).count();
+    let pending = s
+        .tracker
+        .devices()
+        .iter()
+        .filter(|d| d.update_pending)
+        .count();
     let _ = writeln!(
         text,
         "# HELP provbox_phones_update_pending Phones whose firmware differs from the store's newest image for their model.\n# TYPE provbox_phones_update_pending gauge\nprovbox_phones_update_pending {pending}"
     );
     if let Some(n) = count_leases(&(s.leases)()) {
-        let _ = writeln!(text, "# HELP provbox_leases Active DHCP leases.\n# TYPE provbox_leases gauge\nprovbox_leases {n}");
+        let _ = writeln!(
+            text,
+            "# HELP provbox_leases Active DHCP leases.\n# TYPE provbox_leases gauge\nprovbox_leases {n}"
+        );
     }
     let _ = writeln!(
         text,
         "# HELP provbox_events_total Wire events published.\n# TYPE provbox_events_total counter\nprovbox_events_total {}",
         s.bus.last_seq()
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,20 +377,37 @@ struct EventsQuery {
     types: Option<String>,
 }
 
-async fn events(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<EventsQuery>) -> Response {
+async fn events(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Response {
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let after = last_id.or(q.since);
-    let types: Option<Vec<String>> =
-        q.types.map(|t| t.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect());
+    let types: Option<Vec<String>> = q.types.map(|t| {
+        t.split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect()
+    });
     let sub = s.tracker.subscribe_feed(after);
     let stop = s.tracker.stop_token();
     let head: Vec<Arc<FeedItem>> = sub.backlog;
-    let state = StreamState { head: head.into_iter(), live: sub.live, reset: sub.reset, types, stop, last: after.unwrap_or(0) };
+    let state = StreamState {
+        head: head.into_iter(),
+        live: sub.live,
+        reset: sub.reset,
+        types,
+        stop,
+        last: after.unwrap_or(0),
+    };
     let stream = futures::stream::unfold(state, next_event);
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 struct StreamState {
@@ -353,18 +422,30 @@ struct StreamState {
 impl StreamState {
     fn wants(&self, item: &FeedItem) -> bool {
         // `removed` rows go to whoever follows devices.
-        let name = if item.event == "removed" { "device" } else { item.event };
-        self.types.as_ref().is_none_or(|t| t.iter().any(|x| x == name))
+        let name = if item.event == "removed" {
+            "device"
+        } else {
+            item.event
+        };
+        self.types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|x| x == name))
     }
 }
 
 fn sse(item: &FeedItem) -> Event {
-    Event::default().id(item.id.to_string()).event(item.event).data(&*item.data)
+    Event::default()
+        .id(item.id.to_string())
+        .event(item.event)
+        .data(&*item.data)
 }
 
 fn reset_event(last: u64) -> Event {
     // Keeps the client's position: after a reload it resumes from here.
-    Event::default().id(last.to_string()).event("reset").data("{\"reload\":true}")
+    Event::default()
+        .id(last.to_string())
+        .event("reset")
+        .data("{\"reload\":true}")
 }
 
 async fn next_event(mut st: StreamState) -> Option<(Result<Event, Infallible>, StreamState)> {
@@ -419,7 +500,10 @@ mod tests {
 
     #[test]
     fn token_from_query() {
-        assert_eq!(query_token(Some("since=3&token=a%2Bb+c")).as_deref(), Some("a+b c"));
+        assert_eq!(
+            query_token(Some("since=3&token=a%2Bb+c")).as_deref(),
+            Some("a+b c")
+        );
         assert_eq!(query_token(Some("token=%zz")).as_deref(), Some("%zz"));
         assert_eq!(query_token(Some("token=abc%")).as_deref(), Some("abc%"));
         assert_eq!(query_token(Some("since=3")), None);

@@ -35,23 +35,37 @@ pub struct ApiClient {
 impl ApiClient {
     /// `api` is the base URL, e.g. `http://127.0.0.1:8080` (a bare `host:port` works).
     pub fn new(api: &str, token: Option<&str>) -> anyhow::Result<ApiClient> {
-        let base = if api.contains("://") { api.to_string() } else { format!("http://{api}") };
+        let base = if api.contains("://") {
+            api.to_string()
+        } else {
+            format!("http://{api}")
+        };
         let base = base.trim_end_matches('/').to_string();
-        let uri: Uri = base.parse().with_context(|| format!("`{api}` is not an API address; give one like http://127.0.0.1:8080"))?;
+        let uri: Uri = base.parse().with_context(|| {
+            format!("`{api}` is not an API address; give one like http://127.0.0.1:8080")
+        })?;
         if uri.scheme_str() != Some("http") {
             bail!("the API address `{api}` must be http:// (the provbox API does not serve TLS)");
         }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let http = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(ApiClient { base, token: token.filter(|t| !t.is_empty()).map(str::to_string), http })
+        Ok(ApiClient {
+            base,
+            token: token.filter(|t| !t.is_empty()).map(str::to_string),
+            http,
+        })
     }
 
     pub fn base(&self) -> &str {
         &self.base
     }
 
-    async fn send(&self, path: &str, headers: &[(&str, String)]) -> anyhow::Result<http::Response<Incoming>> {
+    async fn send(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> anyhow::Result<http::Response<Incoming>> {
         let url = format!("{}{path}", self.base);
         let mut req = Request::get(&url);
         if let Some(t) = &self.token {
@@ -60,7 +74,9 @@ impl ApiClient {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let req = req.body(Empty::new()).with_context(|| format!("cannot build a request for {url}"))?;
+        let req = req
+            .body(Empty::new())
+            .with_context(|| format!("cannot build a request for {url}"))?;
         self.http.request(req).await.with_context(|| {
             format!("cannot reach the provbox API at {url}: is `provbox serve` running, and is `[api] bind` this address?")
         })
@@ -83,10 +99,16 @@ impl ApiClient {
         Ok(self.get_json_with_headers(path).await?.0)
     }
 
-    async fn get_json_with_headers<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<(T, HeaderMap)> {
+    async fn get_json_with_headers<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<(T, HeaderMap)> {
         let (status, headers, body) = self.get_raw(path).await?;
         if status == StatusCode::UNAUTHORIZED {
-            bail!("{}{path}: the API wants its token; pass --token (or PROVBOX_TOKEN) with `[api] token`", self.base);
+            bail!(
+                "{}{path}: the API wants its token; pass --token (or PROVBOX_TOKEN) with `[api] token`",
+                self.base
+            );
         }
         if !status.is_success() {
             let msg = serde_json::from_slice::<serde_json::Value>(&body)
@@ -95,32 +117,53 @@ impl ApiClient {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             bail!("{}{path}: {status}: {msg}", self.base);
         }
-        let v = serde_json::from_slice(&body).with_context(|| format!("{}{path}: unexpected response (is this a provbox API?)", self.base))?;
+        let v = serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "{}{path}: unexpected response (is this a provbox API?)",
+                self.base
+            )
+        })?;
         Ok((v, headers))
     }
 
     /// Every phone, and the feed position the list was taken at.
     pub async fn devices(&self) -> anyhow::Result<(Vec<DeviceView>, u64)> {
-        let (list, headers) = self.get_json_with_headers::<Vec<DeviceView>>("/api/v1/devices").await?;
-        let seq = headers.get(FEED_SEQ_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let (list, headers) = self
+            .get_json_with_headers::<Vec<DeviceView>>("/api/v1/devices")
+            .await?;
+        let seq = headers
+            .get(FEED_SEQ_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         Ok((list, seq))
     }
 
     /// Opens the SSE stream at `path` (e.g. `/api/v1/events?types=device`), resuming
     /// after `last_event_id` when given.
-    pub async fn events(&self, path: &str, last_event_id: Option<u64>) -> anyhow::Result<SseStream> {
+    pub async fn events(
+        &self,
+        path: &str,
+        last_event_id: Option<u64>,
+    ) -> anyhow::Result<SseStream> {
         let mut headers = vec![("accept", "text/event-stream".to_string())];
         if let Some(id) = last_event_id {
             headers.push(("last-event-id", id.to_string()));
         }
         let resp = self.send(path, &headers).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
-            bail!("{}{path}: the API wants its token; pass --token (or PROVBOX_TOKEN)", self.base);
+            bail!(
+                "{}{path}: the API wants its token; pass --token (or PROVBOX_TOKEN)",
+                self.base
+            );
         }
         if !resp.status().is_success() {
             bail!("{}{path}: {}", self.base, resp.status());
         }
-        Ok(SseStream { body: resp.into_body(), buf: Vec::new() })
+        Ok(SseStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        })
     }
 }
 
@@ -169,13 +212,18 @@ fn take_message(buf: &mut Vec<u8>) -> Option<Option<SseMessage>> {
     let end = find_blank_line(buf)?;
     let block = String::from_utf8_lossy(&buf[..end.0]).into_owned();
     buf.drain(..end.1);
-    let mut m = SseMessage { event: "message".into(), ..Default::default() };
+    let mut m = SseMessage {
+        event: "message".into(),
+        ..Default::default()
+    };
     let mut data: Vec<&str> = Vec::new();
     for line in block.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
         if line.starts_with(':') || line.is_empty() {
             continue;
         }
-        let (field, value) = line.split_once(':').map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
+        let (field, value) = line
+            .split_once(':')
+            .map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
         match field {
             "id" => m.id = Some(value.to_string()),
             "event" => m.event = value.to_string(),
@@ -213,7 +261,11 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn human_secs(s: u64) -> String {
@@ -255,7 +307,11 @@ fn progress_text(d: &DeviceView) -> String {
         }
         s
     } else if let Some(b) = &d.burn {
-        format!("burning {} / ~{}", human_secs(b.elapsed_ms / 1000), human_secs(b.expected_ms / 1000))
+        format!(
+            "burning {} / ~{}",
+            human_secs(b.elapsed_ms / 1000),
+            human_secs(b.expected_ms / 1000)
+        )
     } else {
         String::new()
     }
@@ -277,7 +333,15 @@ fn state_colour(s: PhoneState) -> &'static str {
 
 /// The devices table, as `provbox devices` prints it.
 pub fn render_table(list: &[DeviceView], width: usize) -> String {
-    let headers = ["PHONE", "ADDRESS", "MODEL", "FIRMWARE", "STATE", "PROGRESS", "LAST EVENT"];
+    let headers = [
+        "PHONE",
+        "ADDRESS",
+        "MODEL",
+        "FIRMWARE",
+        "STATE",
+        "PROGRESS",
+        "LAST EVENT",
+    ];
     let rows: Vec<[String; 7]> = list
         .iter()
         .map(|d| {
@@ -288,12 +352,18 @@ pub fn render_table(list: &[DeviceView], width: usize) -> String {
                 firmware_cell(d),
                 match &d.reason {
                     Some(_) if d.state == PhoneState::Stalled => {
-                        format!("stalled ({})", d.stalled_in.map(|s| s.as_str()).unwrap_or("?"))
+                        format!(
+                            "stalled ({})",
+                            d.stalled_in.map(|s| s.as_str()).unwrap_or("?")
+                        )
                     }
                     _ => d.state.to_string(),
                 },
                 progress_text(d),
-                d.reason.clone().or(d.last_event.clone()).unwrap_or_default(),
+                d.reason
+                    .clone()
+                    .or(d.last_event.clone())
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -327,7 +397,9 @@ pub fn render_table(list: &[DeviceView], width: usize) -> String {
 }
 
 fn term_width() -> usize {
-    terminal_size::terminal_size().map(|(w, _)| w.0 as usize).unwrap_or(120)
+    terminal_size::terminal_size()
+        .map(|(w, _)| w.0 as usize)
+        .unwrap_or(120)
 }
 
 /// `provbox devices`: the phones of the instance at `api`, as a table or JSON.
@@ -339,7 +411,11 @@ pub async fn devices(api: &str, token: Option<&str>, json: bool) -> anyhow::Resu
         serde_json::to_writer_pretty(&mut out, &list).context("writing JSON to stdout")?;
         writeln!(out)?;
     } else if list.is_empty() {
-        writeln!(out, "no phones yet ({} has seen no DHCP or file requests)", client.base())?;
+        writeln!(
+            out,
+            "no phones yet ({} has seen no DHCP or file requests)",
+            client.base()
+        )?;
     } else {
         write!(out, "{}", render_table(&list, term_width()))?;
     }
@@ -350,7 +426,11 @@ pub async fn devices(api: &str, token: Option<&str>, json: bool) -> anyhow::Resu
 
 fn bar(pct: f64, width: usize) -> String {
     let filled = ((pct.clamp(0.0, 100.0) / 100.0) * width as f64).round() as usize;
-    format!("{}{}", "█".repeat(filled), "░".repeat(width - filled.min(width)))
+    format!(
+        "{}{}",
+        "█".repeat(filled),
+        "░".repeat(width - filled.min(width))
+    )
 }
 
 /// One frame of `provbox watch`.
@@ -364,17 +444,35 @@ pub fn render_watch(list: &[DeviceView], status: &str, width: usize, colour: boo
         *counts.entry(d.state).or_default() += 1;
     }
     let mut out = String::new();
-    out.push_str(&format!("{bold}provbox watch{reset}  {dim}{status}{reset}\n"));
-    let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{}{s}{reset} {n}", c(*s))).collect();
-    out.push_str(&format!("{} phones   {}\n\n", list.len(), summary.join("  ")));
-    let barw = if width >= 130 { 30 } else if width >= 100 { 20 } else { 12 };
+    out.push_str(&format!(
+        "{bold}provbox watch{reset}  {dim}{status}{reset}\n"
+    ));
+    let summary: Vec<String> = counts
+        .iter()
+        .map(|(s, n)| format!("{}{s}{reset} {n}", c(*s)))
+        .collect();
+    out.push_str(&format!(
+        "{} phones   {}\n\n",
+        list.len(),
+        summary.join("  ")
+    ));
+    let barw = if width >= 130 {
+        30
+    } else if width >= 100 {
+        20
+    } else {
+        12
+    };
     for d in list {
         let name = d.mac.clone().unwrap_or_else(|| d.key.clone());
         let model = d.model.clone().unwrap_or_default();
         let (pct, detail) = if let Some(p) = &d.progress {
             (Some(p.pct), progress_text(d))
         } else if let Some(b) = &d.burn {
-            (Some((b.elapsed_ms as f64 * 100.0 / b.expected_ms.max(1) as f64).min(100.0)), progress_text(d))
+            (
+                Some((b.elapsed_ms as f64 * 100.0 / b.expected_ms.max(1) as f64).min(100.0)),
+                progress_text(d),
+            )
         } else if d.state == PhoneState::Provisioned {
             (Some(100.0), String::new())
         } else {
@@ -384,7 +482,11 @@ pub fn render_watch(list: &[DeviceView], status: &str, width: usize, colour: boo
             Some(p) => format!("{}{}{reset}", c(d.state), bar(p, barw)),
             None => format!("{dim}{}{reset}", "·".repeat(barw)),
         };
-        let tail = d.reason.clone().or(d.last_event.clone()).unwrap_or_default();
+        let tail = d
+            .reason
+            .clone()
+            .or(d.last_event.clone())
+            .unwrap_or_default();
         let fixed = 17 + 2 + 8 + 2 + 18 + 2 + barw + 2 + 28 + 2;
         let line = format!(
             "{name:<17}  {model:<8}  {}{:<18}{reset}  {barcell}  {:<28}  {dim}{}{reset}",
@@ -410,7 +512,7 @@ pub async fn watch(api: &str, token: Option<&str>) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
     if tty {
-        print!("\x1b[?25h\n");
+        println!("\x1b[?25h");
         let _ = std::io::stdout().flush();
     }
     result
@@ -435,18 +537,30 @@ async fn watch_loop(client: &ApiClient, tty: bool) -> anyhow::Result<()> {
                 Err(e) if failures == 0 && rows.is_empty() => return Err(e),
                 Err(_) => {
                     failures += 1;
-                    draw(&rows, &format!("{} unreachable, retrying…", client.base()), tty);
+                    draw(
+                        &rows,
+                        &format!("{} unreachable, retrying…", client.base()),
+                        tty,
+                    );
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     continue;
                 }
             }
         }
-        let path = if tty { "/api/v1/events?types=device" } else { "/api/v1/events?types=device,state" };
+        let path = if tty {
+            "/api/v1/events?types=device"
+        } else {
+            "/api/v1/events?types=device,state"
+        };
         let mut stream = match client.events(path, last_id).await {
             Ok(s) => s,
             Err(_) => {
                 failures += 1;
-                draw(&rows, &format!("{} unreachable, retrying…", client.base()), tty);
+                draw(
+                    &rows,
+                    &format!("{} unreachable, retrying…", client.base()),
+                    tty,
+                );
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
@@ -498,7 +612,11 @@ async fn watch_loop(client: &ApiClient, tty: bool) -> anyhow::Result<()> {
                 }
             }
         }
-        draw(&rows, &format!("{}: stream ended, reconnecting…", client.base()), tty);
+        draw(
+            &rows,
+            &format!("{}: stream ended, reconnecting…", client.base()),
+            tty,
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -552,7 +670,11 @@ fn xml_escape(s: &str) -> String {
 /// provisioned.
 pub fn junit_xml(receipts: &[Receipt]) -> String {
     let failures = receipts.iter().filter(|r| !r.provisioned).count();
-    let total_s: f64 = receipts.iter().filter_map(|r| r.time_to_provisioned_ms).map(|ms| ms as f64 / 1000.0).sum();
+    let total_s: f64 = receipts
+        .iter()
+        .filter_map(|r| r.time_to_provisioned_ms)
+        .map(|ms| ms as f64 / 1000.0)
+        .sum();
     let mut x = String::new();
     x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     x.push_str(&format!(
@@ -566,7 +688,10 @@ pub fn junit_xml(receipts: &[Receipt]) -> String {
     for r in receipts {
         let name = r.mac.clone().unwrap_or_else(|| r.key.clone());
         let class = format!("provbox.{}", r.model.as_deref().unwrap_or("unknown"));
-        let time = r.time_to_provisioned_ms.map(|ms| ms as f64 / 1000.0).unwrap_or(0.0);
+        let time = r
+            .time_to_provisioned_ms
+            .map(|ms| ms as f64 / 1000.0)
+            .unwrap_or(0.0);
         x.push_str(&format!(
             "    <testcase classname=\"{}\" name=\"{}\" time=\"{time:.3}\">\n",
             xml_escape(&class),
@@ -574,7 +699,10 @@ pub fn junit_xml(receipts: &[Receipt]) -> String {
         ));
         x.push_str("      <properties>\n");
         let prop = |k: &str, v: Option<&str>| match v {
-            Some(v) => format!("        <property name=\"{k}\" value=\"{}\"/>\n", xml_escape(v)),
+            Some(v) => format!(
+                "        <property name=\"{k}\" value=\"{}\"/>\n",
+                xml_escape(v)
+            ),
             None => String::new(),
         };
         x.push_str(&prop("ip", r.ip.map(|i| i.to_string()).as_deref()));
@@ -605,11 +733,17 @@ pub fn junit_xml(receipts: &[Receipt]) -> String {
                 f.result,
                 f.duration_ms,
                 f.sha256,
-                f.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+                f.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
             ));
         }
         if !out.is_empty() {
-            x.push_str(&format!("      <system-out>{}</system-out>\n", xml_escape(&out)));
+            x.push_str(&format!(
+                "      <system-out>{}</system-out>\n",
+                xml_escape(&out)
+            ));
         }
         x.push_str("    </testcase>\n");
     }
@@ -618,18 +752,28 @@ pub fn junit_xml(receipts: &[Receipt]) -> String {
 }
 
 /// `provbox report --junit FILE`: every phone's receipt as a JUnit testcase.
-pub async fn report_junit(api: &str, token: Option<&str>, path: &Path) -> anyhow::Result<ReportSummary> {
+pub async fn report_junit(
+    api: &str,
+    token: Option<&str>,
+    path: &Path,
+) -> anyhow::Result<ReportSummary> {
     let client = ApiClient::new(api, token)?;
     let (list, _) = client.devices().await?;
     let mut receipts = Vec::with_capacity(list.len());
     for d in &list {
         let key = d.mac.clone().unwrap_or_else(|| d.key.clone());
-        let r: Receipt = client.get_json(&format!("/api/v1/devices/{key}/receipt")).await?;
+        let r: Receipt = client
+            .get_json(&format!("/api/v1/devices/{key}/receipt"))
+            .await?;
         receipts.push(r);
     }
     let xml = junit_xml(&receipts);
-    std::fs::write(path, xml).with_context(|| format!("cannot write the JUnit report to {}", path.display()))?;
-    let summary = ReportSummary { phones: receipts.len(), failures: receipts.iter().filter(|r| !r.provisioned).count() };
+    std::fs::write(path, xml)
+        .with_context(|| format!("cannot write the JUnit report to {}", path.display()))?;
+    let summary = ReportSummary {
+        phones: receipts.len(),
+        failures: receipts.iter().filter(|r| !r.provisioned).count(),
+    };
     Ok(summary)
 }
 
@@ -644,11 +788,19 @@ mod tests {
         assert_eq!(take_message(&mut buf), Some(None));
         assert_eq!(
             take_message(&mut buf),
-            Some(Some(SseMessage { id: Some("7".into()), event: "device".into(), data: "{\"a\":1}".into() }))
+            Some(Some(SseMessage {
+                id: Some("7".into()),
+                event: "device".into(),
+                data: "{\"a\":1}".into()
+            }))
         );
         assert_eq!(
             take_message(&mut buf),
-            Some(Some(SseMessage { id: Some("8".into()), event: "state".into(), data: "x\ny".into() }))
+            Some(Some(SseMessage {
+                id: Some("8".into()),
+                event: "state".into(),
+                data: "x\ny".into()
+            }))
         );
         assert_eq!(take_message(&mut buf), None);
         assert_eq!(buf, b"partial");
@@ -663,6 +815,9 @@ mod tests {
     fn addresses() {
         assert!(ApiClient::new("127.0.0.1:8080", None).is_ok());
         assert!(ApiClient::new("https://x", None).is_err());
-        assert_eq!(ApiClient::new("http://h:1/", None).unwrap().base(), "http://h:1");
+        assert_eq!(
+            ApiClient::new("http://h:1/", None).unwrap().base(),
+            "http://h:1"
+        );
     }
 }

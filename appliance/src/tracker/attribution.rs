@@ -13,7 +13,8 @@ use super::ua::normalize_mac;
 
 #[allow(clippy::expect_used)] // a constant pattern, exercised by the tests below
 static PATH_MAC: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)(?:^|[^0-9a-f])((?:[0-9a-f]{2}[:-]?){5}[0-9a-f]{2})(?:[^0-9a-f]|$)").expect("constant regex")
+    Regex::new(r"(?i)(?:^|[^0-9a-f])((?:[0-9a-f]{2}[:-]?){5}[0-9a-f]{2})(?:[^0-9a-f]|$)")
+        .expect("constant regex")
 });
 
 /// The MAC named in a requested path, if any. Common-file names that only look like
@@ -33,7 +34,10 @@ pub fn mac_in_path(path: &str) -> Option<String> {
 /// The peer's address as the lease table spells it (IPv4-mapped IPv6 made IPv4).
 pub fn peer_ip(peer: &SocketAddr) -> IpAddr {
     match peer.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     }
 }
@@ -69,9 +73,15 @@ mod tests {
         assert_eq!(mac_in_path("00908f123456.cfg"), s("00:90:8f:12:34:56"));
         assert_eq!(mac_in_path("/cfg/00908F123456.cfg"), s("00:90:8f:12:34:56"));
         assert_eq!(mac_in_path("00-90-8f-12-34-56.cfg"), s("00:90:8f:12:34:56"));
-        assert_eq!(mac_in_path("SEP00908F123456.cnf.xml"), s("00:90:8f:12:34:56"));
+        assert_eq!(
+            mac_in_path("SEP00908F123456.cnf.xml"),
+            s("00:90:8f:12:34:56")
+        );
         assert_eq!(mac_in_path("cfg000b828aa872.xml"), s("00:0b:82:8a:a8:72"));
-        assert_eq!(mac_in_path("440HD_00908f123456_conf.cfg"), s("00:90:8f:12:34:56"));
+        assert_eq!(
+            mac_in_path("440HD_00908f123456_conf.cfg"),
+            s("00:90:8f:12:34:56")
+        );
         assert_eq!(mac_in_path("000000000000.cfg"), None);
         assert_eq!(mac_in_path("y000000000025.cfg"), None);
         assert_eq!(mac_in_path("450HD_3.4.8.198.img"), None);
@@ -87,7 +97,9 @@ mod tests {
         assert_eq!(normalize_key("00-90-8f-12-34-56"), "00:90:8f:12:34:56");
         assert_eq!(normalize_key("192.0.2.7"), "ip:192.0.2.7");
         assert_eq!(normalize_key("ip:192.0.2.7"), "ip:192.0.2.7");
-        let mapped: SocketAddr = "[::ffff:127.0.0.9]:80".parse().unwrap_or_else(|_| unreachable!());
+        let mapped: SocketAddr = "[::ffff:127.0.0.9]:80"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
         assert_eq!(peer_ip(&mapped).to_string(), "127.0.0.9");
     }
 }

@@ -43,8 +43,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use state::{
-    ConfigCheck, DeviceDetail, DeviceView, FileRecord, Fleet, PhoneState, ProgressView, Receipt, StateChange, TimelineEntry,
-    Tracker,
+    ConfigCheck, DeviceDetail, DeviceView, FileRecord, Fleet, PhoneState, ProgressView, Receipt,
+    StateChange, TimelineEntry, Tracker,
 };
 
 /// One journal line.
@@ -54,11 +54,20 @@ pub enum Record {
     Event(WireEvent),
     Change(StateChange),
     /// A delivered config's `system/type`, read by the runner.
-    Verdict { check: ConfigCheck, system_type: Option<String>, at_ms: u64 },
+    Verdict {
+        check: ConfigCheck,
+        system_type: Option<String>,
+        at_ms: u64,
+    },
     /// A clock tick that changed something (stalls).
-    Tick { at_ms: u64 },
+    Tick {
+        at_ms: u64,
+    },
     /// The whole fleet, first in each rotated file.
-    Snapshot { feed_seq: u64, fleet: Box<Fleet> },
+    Snapshot {
+        feed_seq: u64,
+        fleet: Box<Fleet>,
+    },
 }
 
 /// Tracker start-up errors.
@@ -72,7 +81,12 @@ pub enum TrackerError {
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
     #[error("device {key} did not reach {state} within {timeout:?}; it is {now}")]
-    Timeout { key: String, state: PhoneState, timeout: Duration, now: String },
+    Timeout {
+        key: String,
+        state: PhoneState,
+        timeout: Duration,
+        now: String,
+    },
     #[error("the tracker stopped while waiting for {key} to reach {state}")]
     Stopped { key: String, state: PhoneState },
 }
@@ -99,7 +113,11 @@ struct Feed {
 impl Feed {
     fn push(&mut self, event: &'static str, data: String) {
         self.seq += 1;
-        let item = Arc::new(FeedItem { id: self.seq, event, data: data.into() });
+        let item = Arc::new(FeedItem {
+            id: self.seq,
+            event,
+            data: data.into(),
+        });
         if self.ring.len() >= FEED_RING {
             self.ring.pop_front();
         }
@@ -147,7 +165,11 @@ impl TrackerHandle {
         TrackerHandle {
             inner: Arc::new(Inner {
                 tracker: Mutex::new(tracker),
-                feed: Mutex::new(Feed { seq: 0, ring: VecDeque::new(), tx }),
+                feed: Mutex::new(Feed {
+                    seq: 0,
+                    ring: VecDeque::new(),
+                    tx,
+                }),
                 changes,
                 version,
                 stopped,
@@ -184,12 +206,22 @@ impl TrackerHandle {
     pub fn subscribe_feed(&self, after: Option<u64>) -> FeedSubscription {
         let feed = lock(&self.inner.feed);
         let live = feed.tx.subscribe();
-        let Some(after) = after else { return FeedSubscription { backlog: Vec::new(), reset: false, live } };
+        let Some(after) = after else {
+            return FeedSubscription {
+                backlog: Vec::new(),
+                reset: false,
+                live,
+            };
+        };
         let oldest = feed.ring.front().map(|i| i.id).unwrap_or(feed.seq + 1);
         // The client is ahead of us (a journal was deleted): it must reload.
         let reset = after > feed.seq || (after + 1 < oldest && after < feed.seq);
         let backlog = feed.ring.iter().filter(|i| i.id > after).cloned().collect();
-        FeedSubscription { backlog, reset, live }
+        FeedSubscription {
+            backlog,
+            reset,
+            live,
+        }
     }
 
     /// The id of the newest feed item.
@@ -199,7 +231,12 @@ impl TrackerHandle {
 
     /// Waits until the device `key` has reached `state` (now or at any earlier point of
     /// its timeline), then returns its current row.
-    pub async fn wait_for(&self, key: &str, state: PhoneState, timeout: Duration) -> Result<DeviceView, WaitError> {
+    pub async fn wait_for(
+        &self,
+        key: &str,
+        state: PhoneState,
+        timeout: Duration,
+    ) -> Result<DeviceView, WaitError> {
         let mut rx = self.inner.version.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -214,7 +251,10 @@ impl TrackerHandle {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
-                    return Err(WaitError::Stopped { key: key.to_string(), state });
+                    return Err(WaitError::Stopped {
+                        key: key.to_string(),
+                        state,
+                    });
                 }
                 Err(_) => {
                     let now = lock(&self.inner.tracker)
@@ -224,7 +264,12 @@ impl TrackerHandle {
                             None => v.state.to_string(),
                         })
                         .unwrap_or_else(|| "unknown to the tracker".into());
-                    return Err(WaitError::Timeout { key: key.to_string(), state, timeout, now });
+                    return Err(WaitError::Timeout {
+                        key: key.to_string(),
+                        state,
+                        timeout,
+                        now,
+                    });
                 }
             }
         }
@@ -245,7 +290,11 @@ impl TrackerHandle {
         let mut t = lock(&self.inner.tracker);
         let changes = match rec {
             Record::Event(ev) => t.apply(ev, index),
-            Record::Verdict { check, system_type, at_ms } => t.config_verdict(check, system_type.as_deref(), *at_ms),
+            Record::Verdict {
+                check,
+                system_type,
+                at_ms,
+            } => t.config_verdict(check, system_type.as_deref(), *at_ms),
             Record::Tick { at_ms } => t.tick(*at_ms),
             Record::Change(_) => return Vec::new(),
             Record::Snapshot { feed_seq, fleet } => {
@@ -290,7 +339,10 @@ pub fn spawn(
     journal_dir: &Path,
     shutdown: CancellationToken,
 ) -> Result<TrackerHandle, TrackerError> {
-    let jerr = |source| TrackerError::Journal { dir: journal_dir.to_path_buf(), source };
+    let jerr = |source| TrackerError::Journal {
+        dir: journal_dir.to_path_buf(),
+        source,
+    };
     // Subscribe before reading, so nothing published meanwhile is lost (events the
     // journal already has are skipped by sequence number).
     let rx = bus.subscribe();
@@ -299,7 +351,11 @@ pub fn spawn(
     if read.skipped > 0 {
         tracing::warn!(dir = %journal_dir.display(), skipped = read.skipped, "journal lines could not be read and were skipped (a torn last line after a crash is normal)");
     }
-    let start = read.records.iter().rposition(|r| matches!(r, Record::Snapshot { .. })).unwrap_or(0);
+    let start = read
+        .records
+        .iter()
+        .rposition(|r| matches!(r, Record::Snapshot { .. }))
+        .unwrap_or(0);
     let index = store.index();
     let mut replayed = 0usize;
     for rec in &read.records[start..] {
@@ -312,14 +368,27 @@ pub fn spawn(
     };
     bus.resume_after(last_seq, last_id);
     if replayed > 0 {
-        tracing::info!(records = replayed, devices = handle.devices().len(), last_seq, "device tracker rebuilt from its journal");
+        tracing::info!(
+            records = replayed,
+            devices = handle.devices().len(),
+            last_seq,
+            "device tracker rebuilt from its journal"
+        );
     }
     let journal = Journal::open(
         journal_dir,
-        JournalOptions { max_bytes: cfg.journal_max_bytes, keep: cfg.journal_keep },
+        JournalOptions {
+            max_bytes: cfg.journal_max_bytes,
+            keep: cfg.journal_keep,
+        },
     )
     .map_err(jerr)?;
-    let runner = Runner { handle: handle.clone(), store, journal, skip_until: last_seq };
+    let runner = Runner {
+        handle: handle.clone(),
+        store,
+        journal,
+        skip_until: last_seq,
+    };
     tokio::spawn(runner.run(rx, shutdown));
     Ok(handle)
 }
@@ -332,7 +401,11 @@ struct Runner {
 }
 
 impl Runner {
-    async fn run(mut self, mut rx: broadcast::Receiver<Arc<WireEvent>>, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: broadcast::Receiver<Arc<WireEvent>>,
+        shutdown: CancellationToken,
+    ) {
         let (vtx, mut vrx) = mpsc::unbounded_channel::<Record>();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -374,7 +447,10 @@ impl Runner {
         if self.journal.should_rotate() {
             let snapshot = {
                 let t = lock(&self.handle.inner.tracker);
-                Record::Snapshot { feed_seq: self.handle.feed_seq(), fleet: Box::new(t.fleet().clone()) }
+                Record::Snapshot {
+                    feed_seq: self.handle.feed_seq(),
+                    fleet: Box::new(t.fleet().clone()),
+                }
             };
             if let Err(e) = self.journal.rotate_with(&snapshot) {
                 metrics::counter!("provbox_journal_errors_total").increment(1);
@@ -385,7 +461,8 @@ impl Runner {
         let index = self.store.index();
         let changes = self.handle.process(&rec, &index);
         for c in changes {
-            metrics::counter!("provbox_tracker_transitions_total", "to" => c.to.as_str()).increment(1);
+            metrics::counter!("provbox_tracker_transitions_total", "to" => c.to.as_str())
+                .increment(1);
             self.append(&Record::Change(c));
         }
         let checks = lock(&self.handle.inner.tracker).take_config_checks();
@@ -394,7 +471,11 @@ impl Runner {
             let tx = verdicts.clone();
             tokio::spawn(async move {
                 let system_type = read_system_type(&store, &check).await;
-                let _ = tx.send(Record::Verdict { check, system_type, at_ms: now_ms() });
+                let _ = tx.send(Record::Verdict {
+                    check,
+                    system_type,
+                    at_ms: now_ms(),
+                });
             });
         }
     }

@@ -383,7 +383,11 @@ impl Settings {
         Settings {
             stall_after_ms: cfg.stall_after.get().as_millis() as u64,
             default_burn_ms: cfg.default_burn_time.get().as_millis() as u64,
-            burn_ms: cfg.burn_time.iter().map(|(k, v)| (k.to_ascii_uppercase(), v.get().as_millis() as u64)).collect(),
+            burn_ms: cfg
+                .burn_time
+                .iter()
+                .map(|(k, v)| (k.to_ascii_uppercase(), v.get().as_millis() as u64))
+                .collect(),
             firmware_check_bytes: cfg.firmware_check_bytes,
             check_config_model: cfg.check_config_model,
         }
@@ -422,7 +426,11 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn human_ms(ms: u64) -> String {
@@ -436,7 +444,11 @@ fn human_ms(ms: u64) -> String {
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 100.0 } else { (part as f64 * 100.0 / whole as f64).min(100.0) }
+    if whole == 0 {
+        100.0
+    } else {
+        (part as f64 * 100.0 / whole as f64).min(100.0)
+    }
 }
 
 /// The kind of a served or requested file: the store's verdict where it has the file,
@@ -518,7 +530,14 @@ impl Device {
     fn note(&mut self, seq: u64, at: u64, source: &str, kind: &str, text: String) {
         self.last_seen_ms = self.last_seen_ms.max(at);
         self.last_event = Some(text.clone());
-        self.push_timeline(TimelineEntry { seq, at_ms: at, source: source.to_string(), kind: kind.to_string(), text, state: None });
+        self.push_timeline(TimelineEntry {
+            seq,
+            at_ms: at,
+            source: source.to_string(),
+            kind: kind.to_string(),
+            text,
+            state: None,
+        });
     }
 
     fn push_timeline(&mut self, e: TimelineEntry) {
@@ -528,7 +547,14 @@ impl Device {
         self.timeline.push_back(e);
     }
 
-    fn set_state(&mut self, to: PhoneState, reason: Option<String>, seq: u64, at: u64, out: &mut Vec<StateChange>) {
+    fn set_state(
+        &mut self,
+        to: PhoneState,
+        reason: Option<String>,
+        seq: u64,
+        at: u64,
+        out: &mut Vec<StateChange>,
+    ) {
         if self.state == to && self.reason == reason {
             return;
         }
@@ -557,14 +583,24 @@ impl Device {
             text,
             state: Some(to),
         });
-        out.push(StateChange { seq, at_ms: at, key: self.key.clone(), mac: self.mac.clone(), from, to, reason });
+        out.push(StateChange {
+            seq,
+            at_ms: at,
+            key: self.key.clone(),
+            mac: self.mac.clone(),
+            from,
+            to,
+            reason,
+        });
     }
 
     fn set_firmware(&mut self, version: Option<String>, source: FirmwareSource) {
         let Some(v) = version else { return };
         // A User-Agent is the phone's own word; an inference never overrides it for the
         // same boot (the User-Agent is refreshed on every HTTP request anyway).
-        if source == FirmwareSource::ImageName && self.firmware_source == Some(FirmwareSource::UserAgent) && self.burn.is_none()
+        if source == FirmwareSource::ImageName
+            && self.firmware_source == Some(FirmwareSource::UserAgent)
+            && self.burn.is_none()
         {
             return;
         }
@@ -579,11 +615,17 @@ impl Device {
         self.model.is_some()
             || self.vendor.is_some()
             || !self.files.is_empty()
-            || self.requested_options.iter().any(|o| matches!(o, 66 | 67 | 160))
+            || self
+                .requested_options
+                .iter()
+                .any(|o| matches!(o, 66 | 67 | 160))
     }
 
     fn progress(&self) -> Option<ProgressView> {
-        let a = self.active.values().max_by_key(|a| (a.past_check, a.started_ms, a.id))?;
+        let a = self
+            .active
+            .values()
+            .max_by_key(|a| (a.past_check, a.started_ms, a.id))?;
         let bytes = a.offset + a.bytes;
         let rate = a.rate_bps.max(0.0) as u64;
         let eta_s = (rate > 0).then(|| a.file_size.saturating_sub(bytes).div_ceil(rate));
@@ -627,7 +669,12 @@ impl Device {
             burn: self
                 .burn
                 .as_ref()
-                .filter(|_| matches!(self.state, PhoneState::Burning | PhoneState::Recovery | PhoneState::Stalled))
+                .filter(|_| {
+                    matches!(
+                        self.state,
+                        PhoneState::Burning | PhoneState::Recovery | PhoneState::Stalled
+                    )
+                })
                 .map(|b| BurnView {
                     started_ms: b.started_ms,
                     expected_ms: b.expected_ms,
@@ -645,12 +692,20 @@ impl Device {
     }
 
     fn states(&self) -> Vec<StateAt> {
-        self.history.iter().map(|(state, at_ms)| StateAt { state: *state, at_ms: *at_ms }).collect()
+        self.history
+            .iter()
+            .map(|(state, at_ms)| StateAt {
+                state: *state,
+                at_ms: *at_ms,
+            })
+            .collect()
     }
 
     /// Restores the state a stall interrupted when `trigger` is evidence the phone moved.
     fn unstall(&mut self, trigger: Trigger, seq: u64, at: u64, out: &mut Vec<StateChange>) {
-        let Some(stall) = self.stall.clone() else { return };
+        let Some(stall) = self.stall.clone() else {
+            return;
+        };
         if self.state != PhoneState::Stalled {
             self.stall = None;
             return;
@@ -665,7 +720,14 @@ impl Device {
         }
     }
 
-    fn record_file(&mut self, a: &Active, bytes: u64, duration_ms: u64, result: &str, reason: Option<String>) {
+    fn record_file(
+        &mut self,
+        a: &Active,
+        bytes: u64,
+        duration_ms: u64,
+        result: &str,
+        reason: Option<String>,
+    ) {
         if self.files.len() >= FILES_MAX {
             self.files.pop_front();
         }
@@ -709,7 +771,12 @@ impl Tracker {
     }
 
     pub fn with_settings(settings: Settings) -> Tracker {
-        Tracker { settings, fleet: Fleet::default(), touched: Vec::new(), checks: Vec::new() }
+        Tracker {
+            settings,
+            fleet: Fleet::default(),
+            touched: Vec::new(),
+            checks: Vec::new(),
+        }
     }
 
     /// Replaces the fleet (restore from a journal snapshot).
@@ -739,13 +806,18 @@ impl Tracker {
     }
 
     fn touch(&mut self, key: &str) {
-        if self.touched.last().map(String::as_str) != Some(key) && !self.touched.iter().any(|k| k == key) {
+        if self.touched.last().map(String::as_str) != Some(key)
+            && !self.touched.iter().any(|k| k == key)
+        {
             self.touched.push(key.to_string());
         }
     }
 
     fn device_mut(&mut self, key: &str, at: u64) -> &mut Device {
-        self.fleet.devices.entry(key.to_string()).or_insert_with(|| Device::new(key.to_string(), at))
+        self.fleet
+            .devices
+            .entry(key.to_string())
+            .or_insert_with(|| Device::new(key.to_string(), at))
     }
 
     fn burn_ms(&self, model: Option<&str>) -> u64 {
@@ -797,16 +869,37 @@ impl Tracker {
                 };
                 self.on_started(start, ev, index, &mut out);
             }
-            EventKind::TransferProgress { id, bytes } => self.on_progress(*id, *bytes, ev, &mut out),
-            EventKind::TransferFinished { id, bytes, duration_ms, .. } => {
-                self.on_end(*id, *bytes, *duration_ms, None, ev, index, &mut out)
+            EventKind::TransferProgress { id, bytes } => {
+                self.on_progress(*id, *bytes, ev, &mut out)
             }
-            EventKind::TransferAborted { id, bytes, reason, duration_ms } => {
-                self.on_end(*id, *bytes, *duration_ms, Some(reason), ev, index, &mut out)
-            }
-            EventKind::TransferRefused { proto, peer, path, reason, user_agent } => {
-                self.on_refused(*proto, peer, path, reason, user_agent.as_deref(), ev, index, &mut out)
-            }
+            EventKind::TransferFinished {
+                id,
+                bytes,
+                duration_ms,
+                ..
+            } => self.on_end(*id, *bytes, *duration_ms, None, ev, index, &mut out),
+            EventKind::TransferAborted {
+                id,
+                bytes,
+                reason,
+                duration_ms,
+            } => self.on_end(*id, *bytes, *duration_ms, Some(reason), ev, index, &mut out),
+            EventKind::TransferRefused {
+                proto,
+                peer,
+                path,
+                reason,
+                user_agent,
+            } => self.on_refused(
+                *proto,
+                peer,
+                path,
+                reason,
+                user_agent.as_deref(),
+                ev,
+                index,
+                &mut out,
+            ),
             EventKind::StoreChanged { .. } => {
                 let keys: Vec<String> = self.fleet.devices.keys().cloned().collect();
                 for k in keys {
@@ -821,17 +914,23 @@ impl Tracker {
 
     /// Looks up the store's newest image for the phone's model; true if it changed.
     fn refresh_target(&mut self, key: &str, index: &Index) -> bool {
-        let Some(d) = self.fleet.devices.get_mut(key) else { return false };
+        let Some(d) = self.fleet.devices.get_mut(key) else {
+            return false;
+        };
         let model = d.model.clone().or_else(|| {
             d.files
                 .iter()
                 .rev()
                 .find(|f| f.kind == FileKind::Firmware)
-                .and_then(|f| names::parse_image_name(f.file.rsplit('/').next().unwrap_or(&f.file)).model)
+                .and_then(|f| {
+                    names::parse_image_name(f.file.rsplit('/').next().unwrap_or(&f.file)).model
+                })
         });
         let Some(model) = model else { return false };
         let dir = d.firmware_dir.clone().unwrap_or_default();
-        let found = index.newest_image(&dir, &model).or_else(|| index.newest_image("", &model));
+        let found = index
+            .newest_image(&dir, &model)
+            .or_else(|| index.newest_image("", &model));
         let (v, img) = match found {
             Some(e) => (e.version.clone(), Some(e.path.clone())),
             None => (None, None),
@@ -842,8 +941,17 @@ impl Tracker {
         changed
     }
 
-    fn on_dhcp(&mut self, what: &str, info: &DhcpInfo, ev: &WireEvent, index: &Index, out: &mut Vec<StateChange>) {
-        let Some(mac) = normalize_mac(&info.mac) else { return };
+    fn on_dhcp(
+        &mut self,
+        what: &str,
+        info: &DhcpInfo,
+        ev: &WireEvent,
+        index: &Index,
+        out: &mut Vec<StateChange>,
+    ) {
+        let Some(mac) = normalize_mac(&info.mac) else {
+            return;
+        };
         let (seq, at) = (ev.seq, ev.at_ms);
         let is = |k: &str| what == k;
         if is("DHCPACK")
@@ -893,8 +1001,12 @@ impl Tracker {
                 text.push_str(&format!(", model {m}"));
             }
             if !info.requested_options.is_empty() {
-                let wanted: Vec<String> =
-                    info.requested_options.iter().filter(|o| matches!(o, 66 | 67 | 150 | 160)).map(u8::to_string).collect();
+                let wanted: Vec<String> = info
+                    .requested_options
+                    .iter()
+                    .filter(|o| matches!(o, 66 | 67 | 150 | 160))
+                    .map(u8::to_string)
+                    .collect();
                 if !wanted.is_empty() {
                     text.push_str(&format!(", asks {}", wanted.join("/")));
                 }
@@ -911,9 +1023,22 @@ impl Tracker {
         if let Some(r) = &info.reason {
             text.push_str(&format!(": {r}"));
         }
-        d.note(seq, at, "dhcp", &format!("dhcp_{}", what.trim_start_matches("DHCP").to_ascii_lowercase()), text);
+        d.note(
+            seq,
+            at,
+            "dhcp",
+            &format!(
+                "dhcp_{}",
+                what.trim_start_matches("DHCP").to_ascii_lowercase()
+            ),
+            text,
+        );
 
-        let trigger = if is("DHCPDISCOVER") { Trigger::Discover } else { Trigger::Dhcp };
+        let trigger = if is("DHCPDISCOVER") {
+            Trigger::Discover
+        } else {
+            Trigger::Dhcp
+        };
         d.unstall(trigger, seq, at, out);
 
         let ask_160 = asks.is_some_and(|a| a.contains(&160));
@@ -993,7 +1118,13 @@ impl Tracker {
         for prev in previous {
             if let Some(p) = self.fleet.devices.get_mut(&prev) {
                 p.ip = None;
-                p.note(seq, at, "dhcp", "lease_lost", format!("address {ip} is now leased to {mac}"));
+                p.note(
+                    seq,
+                    at,
+                    "dhcp",
+                    "lease_lost",
+                    format!("address {ip} is now leased to {mac}"),
+                );
                 self.touch(&prev);
             }
         }
@@ -1010,11 +1141,20 @@ impl Tracker {
         }
     }
 
-    fn merge_into(&mut self, mac: &str, from: Device, seq: u64, at: u64, out: &mut Vec<StateChange>) {
+    fn merge_into(
+        &mut self,
+        mac: &str,
+        from: Device,
+        seq: u64,
+        at: u64,
+        out: &mut Vec<StateChange>,
+    ) {
         for id in from.active.keys() {
             self.fleet.transfers.insert(*id, mac.to_string());
         }
-        let Some(d) = self.fleet.devices.get_mut(mac) else { return };
+        let Some(d) = self.fleet.devices.get_mut(mac) else {
+            return;
+        };
         let was_fresh = d.files.is_empty() && d.active.is_empty();
         d.active.extend(from.active);
         let mut tl: Vec<TimelineEntry> = d.timeline.drain(..).chain(from.timeline).collect();
@@ -1048,7 +1188,10 @@ impl Tracker {
             d.stall = from.stall;
             d.set_state(
                 from.state,
-                Some(format!("transfers from {} seen before its DHCP ACK were merged into this phone", from.key)),
+                Some(format!(
+                    "transfers from {} seen before its DHCP ACK were merged into this phone",
+                    from.key
+                )),
                 seq,
                 at,
                 out,
@@ -1057,14 +1200,25 @@ impl Tracker {
     }
 
     /// Finds (or creates) the device a transfer belongs to.
-    fn attribute(&mut self, peer: &SocketAddr, path: &str, user_agent: Option<&str>, at: u64) -> String {
+    fn attribute(
+        &mut self,
+        peer: &SocketAddr,
+        path: &str,
+        user_agent: Option<&str>,
+        at: u64,
+    ) -> String {
         let ip = peer_ip(peer);
         let ua = user_agent.and_then(ua::parse);
         let by_path = mac_in_path(path);
         let by_ua = ua.as_ref().and_then(|u| u.mac.clone());
         let key = if let Some(m) = by_path.clone().or(by_ua.clone()) {
             m
-        } else if let Some(m) = self.fleet.leases.get(&ip.to_string()).or(self.fleet.hints.get(&ip.to_string())) {
+        } else if let Some(m) = self
+            .fleet
+            .leases
+            .get(&ip.to_string())
+            .or(self.fleet.hints.get(&ip.to_string()))
+        {
             m.clone()
         } else {
             ip_key(&ip)
@@ -1099,12 +1253,22 @@ impl Tracker {
         key
     }
 
-    fn on_started(&mut self, s: Start<'_>, ev: &WireEvent, index: &Index, out: &mut Vec<StateChange>) {
+    fn on_started(
+        &mut self,
+        s: Start<'_>,
+        ev: &WireEvent,
+        index: &Index,
+        out: &mut Vec<StateChange>,
+    ) {
         let (seq, at) = (ev.seq, ev.at_ms);
         let key = self.attribute(s.peer, s.path, s.user_agent, at);
         self.fleet.transfers.insert(s.id, key.clone());
         let kind = classify(s.file, index);
-        let version = if kind == FileKind::Firmware { image_version(s.file, index) } else { None };
+        let version = if kind == FileKind::Firmware {
+            image_version(s.file, index)
+        } else {
+            None
+        };
         let check_bytes = self.settings.firmware_check_bytes;
         let d = self.device_mut(&key, at);
         let resumed = s.offset > 0 && d.prefix.get(s.sha256).is_some_and(|p| *p >= s.offset);
@@ -1126,12 +1290,27 @@ impl Tracker {
             past_check: resumed && s.offset > check_bytes,
         };
         let range = if s.offset > 0 || s.size < s.file_size {
-            format!(", bytes {}-{} of {}", s.offset, (s.offset + s.size).saturating_sub(1), human_bytes(s.file_size))
+            format!(
+                ", bytes {}-{} of {}",
+                s.offset,
+                (s.offset + s.size).saturating_sub(1),
+                human_bytes(s.file_size)
+            )
         } else {
             format!(", {}", human_bytes(s.file_size))
         };
-        let shown = if s.path.trim_start_matches('/') == s.file { s.file.to_string() } else { format!("{} → {}", s.path, s.file) };
-        d.note(seq, at, &proto_source(s.proto), "transfer_started", format!("{} {shown}{range}", s.proto.to_string().to_uppercase()));
+        let shown = if s.path.trim_start_matches('/') == s.file {
+            s.file.to_string()
+        } else {
+            format!("{} → {}", s.path, s.file)
+        };
+        d.note(
+            seq,
+            at,
+            &proto_source(s.proto),
+            "transfer_started",
+            format!("{} {shown}{range}", s.proto.to_string().to_uppercase()),
+        );
         d.unstall(Trigger::Transfer, seq, at, out);
         let past_check = a.past_check;
         d.active.insert(s.id, a);
@@ -1167,18 +1346,28 @@ impl Tracker {
     }
 
     fn on_progress(&mut self, id: u64, bytes: u64, ev: &WireEvent, out: &mut Vec<StateChange>) {
-        let Some(key) = self.fleet.transfers.get(&id).cloned() else { return };
+        let Some(key) = self.fleet.transfers.get(&id).cloned() else {
+            return;
+        };
         let check_bytes = self.settings.firmware_check_bytes;
         let (seq, at) = (ev.seq, ev.at_ms);
-        let Some(d) = self.fleet.devices.get_mut(&key) else { return };
+        let Some(d) = self.fleet.devices.get_mut(&key) else {
+            return;
+        };
         d.last_seen_ms = d.last_seen_ms.max(at);
         d.unstall(Trigger::Transfer, seq, at, out);
-        let Some(a) = d.active.get_mut(&id) else { return };
+        let Some(a) = d.active.get_mut(&id) else {
+            return;
+        };
         let dt = at.saturating_sub(a.last_progress_ms);
         let db = bytes.saturating_sub(a.bytes);
         if dt > 0 {
             let inst = db as f64 * 1000.0 / dt as f64;
-            a.rate_bps = if a.rate_bps == 0.0 { inst } else { a.rate_bps * 0.6 + inst * 0.4 };
+            a.rate_bps = if a.rate_bps == 0.0 {
+                inst
+            } else {
+                a.rate_bps * 0.6 + inst * 0.4
+            };
         } else if a.rate_bps == 0.0 && at > a.started_ms {
             a.rate_bps = bytes as f64 * 1000.0 / (at - a.started_ms) as f64;
         }
@@ -1186,7 +1375,8 @@ impl Tracker {
         if db > 0 {
             a.last_progress_ms = at;
         }
-        let crossed = a.kind == FileKind::Firmware && !a.past_check && a.offset + a.bytes > check_bytes;
+        let crossed =
+            a.kind == FileKind::Firmware && !a.past_check && a.offset + a.bytes > check_bytes;
         if crossed {
             a.past_check = true;
             if !matches!(d.state, PhoneState::Recovery | PhoneState::FirmwareDownload) {
@@ -1207,15 +1397,21 @@ impl Tracker {
         index: &Index,
         out: &mut Vec<StateChange>,
     ) {
-        let Some(key) = self.fleet.transfers.remove(&id) else { return };
+        let Some(key) = self.fleet.transfers.remove(&id) else {
+            return;
+        };
         let (seq, at) = (ev.seq, ev.at_ms);
         let check_bytes = self.settings.firmware_check_bytes;
         let burn_ms = {
             let model = self.fleet.devices.get(&key).and_then(|d| d.model.clone());
             self.burn_ms(model.as_deref())
         };
-        let Some(d) = self.fleet.devices.get_mut(&key) else { return };
-        let Some(mut a) = d.active.remove(&id) else { return };
+        let Some(d) = self.fleet.devices.get_mut(&key) else {
+            return;
+        };
+        let Some(mut a) = d.active.remove(&id) else {
+            return;
+        };
         a.bytes = a.bytes.max(bytes);
         d.unstall(Trigger::Transfer, seq, at, out);
         let delivered = a.offset + a.bytes;
@@ -1224,7 +1420,7 @@ impl Tracker {
         match abort {
             None => {
                 d.record_file(&a, a.bytes, duration_ms, "finished", None);
-                let rate = if duration_ms > 0 { a.bytes * 1000 / duration_ms } else { 0 };
+                let rate = (a.bytes * 1000).checked_div(duration_ms).unwrap_or(0);
                 d.note(
                     seq,
                     at,
@@ -1252,7 +1448,13 @@ impl Tracker {
                             sha256: a.sha256.clone(),
                         });
                         if d.state == PhoneState::Recovery {
-                            d.note(seq, at, "tracker", "recovery_burn", format!("recovery image {} delivered; the phone burns it", a.file));
+                            d.note(
+                                seq,
+                                at,
+                                "tracker",
+                                "recovery_burn",
+                                format!("recovery image {} delivered; the phone burns it", a.file),
+                            );
                         } else if d.after_burn_boot && !d.config_since_boot {
                             d.set_state(
                                 PhoneState::Recovery,
@@ -1274,7 +1476,11 @@ impl Tracker {
                         d.last_config = Some((a.file.clone(), a.sha256.clone()));
                         d.set_state(PhoneState::Provisioned, None, seq, at, out);
                         if self.settings.check_config_model {
-                            self.checks.push(ConfigCheck { key: key.clone(), file: a.file.clone(), sha256: a.sha256.clone() });
+                            self.checks.push(ConfigCheck {
+                                key: key.clone(),
+                                file: a.file.clone(),
+                                sha256: a.sha256.clone(),
+                            });
                         }
                     }
                     _ => {}
@@ -1282,19 +1488,31 @@ impl Tracker {
             }
             Some(reason) => {
                 d.record_file(&a, a.bytes, duration_ms, "aborted", Some(reason.clone()));
-                let header = a.kind == FileKind::Firmware && delivered <= check_bytes && !a.past_check;
+                let header =
+                    a.kind == FileKind::Firmware && delivered <= check_bytes && !a.past_check;
                 let what = if header { "header read" } else { "aborted" };
                 d.note(
                     seq,
                     at,
                     &proto,
-                    if header { "header_read" } else { "transfer_aborted" },
-                    format!("{} {what} after {} of {}: {reason}", a.file, human_bytes(a.bytes), human_bytes(a.file_size)),
+                    if header {
+                        "header_read"
+                    } else {
+                        "transfer_aborted"
+                    },
+                    format!(
+                        "{} {what} after {} of {}: {reason}",
+                        a.file,
+                        human_bytes(a.bytes),
+                        human_bytes(a.file_size)
+                    ),
                 );
                 match a.kind {
                     FileKind::Firmware if header => {
                         d.header_checked = Some((a.file.clone(), a.version.clone()));
-                        if d.state == PhoneState::FirmwareDownload && !d.active.values().any(|x| x.kind == FileKind::Firmware) {
+                        if d.state == PhoneState::FirmwareDownload
+                            && !d.active.values().any(|x| x.kind == FileKind::Firmware)
+                        {
                             d.set_state(PhoneState::FirmwareCheck, None, seq, at, out);
                         }
                     }
@@ -1309,7 +1527,11 @@ impl Tracker {
                         d.set_state(PhoneState::Failed, Some(r), seq, at, out);
                     }
                     FileKind::Config if d.state != PhoneState::Recovery => {
-                        let r = format!("config {} aborted after {}: {reason}", a.file, human_bytes(a.bytes));
+                        let r = format!(
+                            "config {} aborted after {}: {reason}",
+                            a.file,
+                            human_bytes(a.bytes)
+                        );
                         d.set_state(PhoneState::Failed, Some(r), seq, at, out);
                     }
                     _ => {}
@@ -1336,9 +1558,24 @@ impl Tracker {
         let key = self.attribute(peer, path, user_agent, at);
         let kind = classify(path, index);
         let d = self.device_mut(&key, at);
-        d.note(seq, at, &proto.to_string(), "transfer_refused", format!("{} {path} refused: {reason}", proto.to_string().to_uppercase()));
+        d.note(
+            seq,
+            at,
+            &proto.to_string(),
+            "transfer_refused",
+            format!(
+                "{} {path} refused: {reason}",
+                proto.to_string().to_uppercase()
+            ),
+        );
         if kind == FileKind::Config && d.state != PhoneState::Recovery {
-            d.set_state(PhoneState::Failed, Some(format!("config {path} refused: {reason}")), seq, at, out);
+            d.set_state(
+                PhoneState::Failed,
+                Some(format!("config {path} refused: {reason}")),
+                seq,
+                at,
+                out,
+            );
         }
         self.touch(&key);
     }
@@ -1346,13 +1583,25 @@ impl Tracker {
     /// The runner read the config `check` names: `system_type` is its `system/type`
     /// value, if any. A mismatch with the phone's model means the phone rejects the
     /// whole file (phone-behaviour.md §7.4).
-    pub fn config_verdict(&mut self, check: &ConfigCheck, system_type: Option<&str>, at: u64) -> Vec<StateChange> {
+    pub fn config_verdict(
+        &mut self,
+        check: &ConfigCheck,
+        system_type: Option<&str>,
+        at: u64,
+    ) -> Vec<StateChange> {
         let mut out = Vec::new();
         self.fleet.now_ms = self.fleet.now_ms.max(at);
-        let Some(d) = self.fleet.devices.get_mut(&check.key) else { return out };
+        let Some(d) = self.fleet.devices.get_mut(&check.key) else {
+            return out;
+        };
         let Some(t) = system_type else { return out };
-        let Some(model) = d.model.clone() else { return out };
-        let current = d.last_config.as_ref().is_some_and(|(_, sha)| *sha == check.sha256);
+        let Some(model) = d.model.clone() else {
+            return out;
+        };
+        let current = d
+            .last_config
+            .as_ref()
+            .is_some_and(|(_, sha)| *sha == check.sha256);
         if !same_model(t, &model) && current && d.state == PhoneState::Provisioned {
             let r = format!(
                 "the served config {} says system/type={t} but this phone is a {model}: the phone discards it",
@@ -1470,7 +1719,8 @@ impl Tracker {
 
     /// True when the device has been in `state` at some point (now or earlier).
     pub fn has_reached(&self, key: &str, state: PhoneState) -> bool {
-        self.find(key).is_some_and(|d| d.state == state || d.history.iter().any(|(s, _)| *s == state))
+        self.find(key)
+            .is_some_and(|d| d.state == state || d.history.iter().any(|(s, _)| *s == state))
     }
 
     pub fn receipt(&self, key: &str) -> Option<Receipt> {
@@ -1537,7 +1787,9 @@ pub fn system_type(text: &str) -> Option<String> {
         .filter(|l| !l.is_empty() && !l.starts_with(';') && !l.starts_with('#'))
         .find_map(|l| {
             let (k, v) = l.split_once('=')?;
-            k.trim().eq_ignore_ascii_case("system/type").then(|| v.trim().trim_matches('"').to_string())
+            k.trim()
+                .eq_ignore_ascii_case("system/type")
+                .then(|| v.trim().trim_matches('"').to_string())
         })
         .filter(|v| !v.is_empty())
 }

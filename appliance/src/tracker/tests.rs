@@ -23,7 +23,10 @@ const SHA_CFG: &str = "cc22";
 const UC_UA: &str = "AUDC/3.4.6.604 AUDC-IPPhone-450HD_UC_3.4.6.604/1";
 
 fn cfg() -> TrackerConfig {
-    TrackerConfig { stall_after: provbox_config::Duration::from_secs(60), ..TrackerConfig::default() }
+    TrackerConfig {
+        stall_after: provbox_config::Duration::from_secs(60),
+        ..TrackerConfig::default()
+    }
 }
 
 /// Drives a tracker with events at a controlled clock.
@@ -38,13 +41,24 @@ struct Sim {
 
 impl Sim {
     fn new() -> Sim {
-        Sim { t: Tracker::new(&cfg()), index: std::sync::Arc::new(Index::default()), seq: 0, now: 1_700_000_000_000, changes: vec![], log: vec![] }
+        Sim {
+            t: Tracker::new(&cfg()),
+            index: std::sync::Arc::new(Index::default()),
+            seq: 0,
+            now: 1_700_000_000_000,
+            changes: vec![],
+            log: vec![],
+        }
     }
 
     fn ev(&mut self, kind: EventKind) -> Vec<StateChange> {
         self.seq += 1;
         self.now += 100;
-        let ev = WireEvent { seq: self.seq, at_ms: self.now, kind };
+        let ev = WireEvent {
+            seq: self.seq,
+            at_ms: self.now,
+            kind,
+        };
         self.log.push(Record::Event(ev.clone()));
         let c = self.t.apply(&ev, &self.index);
         self.changes.extend(c.clone());
@@ -82,8 +96,22 @@ impl Sim {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn start(&mut self, id: u64, proto: Proto, ip: &str, path: &str, file: &str, size: u64, range: (u64, u64), ua: Option<&str>) {
-        let sha = if file.ends_with(".cfg") { SHA_CFG } else { SHA_IMG };
+    fn start(
+        &mut self,
+        id: u64,
+        proto: Proto,
+        ip: &str,
+        path: &str,
+        file: &str,
+        size: u64,
+        range: (u64, u64),
+        ua: Option<&str>,
+    ) {
+        let sha = if file.ends_with(".cfg") {
+            SHA_CFG
+        } else {
+            SHA_IMG
+        };
         self.ev(EventKind::TransferStarted {
             id,
             proto,
@@ -103,14 +131,29 @@ impl Sim {
         self.ev(EventKind::TransferProgress { id, bytes });
     }
     fn finish(&mut self, id: u64, bytes: u64) {
-        self.ev(EventKind::TransferFinished { id, bytes, sha256: "x".into(), duration_ms: 1000, retransmits: 0 });
+        self.ev(EventKind::TransferFinished {
+            id,
+            bytes,
+            sha256: "x".into(),
+            duration_ms: 1000,
+            retransmits: 0,
+        });
     }
     fn abort(&mut self, id: u64, bytes: u64, reason: &str) {
-        self.ev(EventKind::TransferAborted { id, bytes, reason: reason.into(), duration_ms: 10 });
+        self.ev(EventKind::TransferAborted {
+            id,
+            bytes,
+            reason: reason.into(),
+            duration_ms: 10,
+        });
     }
 
     fn state(&self, key: &str) -> S {
-        self.t.device(key).unwrap_or_else(|| panic!("no device {key}")).view.state
+        self.t
+            .device(key)
+            .unwrap_or_else(|| panic!("no device {key}"))
+            .view
+            .state
     }
 
     fn view(&self, key: &str) -> DeviceView {
@@ -118,16 +161,40 @@ impl Sim {
     }
 
     fn path(&self, key: &str) -> Vec<S> {
-        self.t.device(key).unwrap().states.iter().map(|s| s.state).collect()
+        self.t
+            .device(key)
+            .unwrap()
+            .states
+            .iter()
+            .map(|s| s.state)
+            .collect()
     }
 
     /// A full HTTP upgrade: header read by Range, full download, burn, reboot, header
     /// read by early close, config.
     fn upgrade(&mut self, mac: &str, ip: &str) {
         self.dora(mac, ip, &[1, 3, 6, 66, 67, 160]);
-        self.start(1, Proto::Http, ip, "/450HD.img", IMG, MB10, (0, 1024), Some(UC_UA));
+        self.start(
+            1,
+            Proto::Http,
+            ip,
+            "/450HD.img",
+            IMG,
+            MB10,
+            (0, 1024),
+            Some(UC_UA),
+        );
         self.finish(1, 1024);
-        self.start(2, Proto::Http, ip, "/450HD.img", IMG, MB10, (0, MB10), Some(UC_UA));
+        self.start(
+            2,
+            Proto::Http,
+            ip,
+            "/450HD.img",
+            IMG,
+            MB10,
+            (0, MB10),
+            Some(UC_UA),
+        );
         for i in 1..=10 {
             self.progress(2, MB10 * i / 10);
         }
@@ -137,7 +204,16 @@ impl Sim {
         self.start(3, Proto::Http, ip, "/450HD.img", IMG, MB10, (0, MB10), None);
         self.abort(3, 1024, "client closed the connection");
         let cfg = format!("{}.cfg", mac.replace(':', ""));
-        self.start(4, Proto::Http, ip, &format!("/{cfg}"), &cfg, 2000, (0, 2000), None);
+        self.start(
+            4,
+            Proto::Http,
+            ip,
+            &format!("/{cfg}"),
+            &cfg,
+            2000,
+            (0, 2000),
+            None,
+        );
         self.finish(4, 2000);
     }
 }
@@ -185,7 +261,16 @@ fn a_full_upgrade_walks_every_main_state() {
 fn progress_has_bytes_rate_and_eta() {
     let mut s = Sim::new();
     s.dora(MAC, "127.77.0.10", &[66, 67, 160]);
-    s.start(7, Proto::Tftp, "127.77.0.10", "450HD.img", IMG, MB10, (0, MB10), None);
+    s.start(
+        7,
+        Proto::Tftp,
+        "127.77.0.10",
+        "450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        None,
+    );
     s.progress(7, 512 * 1024);
     s.now += 900;
     s.progress(7, MB10 / 2);
@@ -204,13 +289,31 @@ fn progress_has_bytes_rate_and_eta() {
 fn tftp_header_check_by_error_after_two_blocks_is_not_a_failure() {
     let mut s = Sim::new();
     s.dora(MAC, "127.77.0.10", &[66, 67]);
-    s.start(1, Proto::Tftp, "127.77.0.10", "450HD.img", IMG, MB10, (0, MB10), None);
+    s.start(
+        1,
+        Proto::Tftp,
+        "127.77.0.10",
+        "450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        None,
+    );
     s.progress(1, 2 * 1428);
     s.abort(1, 2 * 1428, "client sent ERROR 0: header read");
     assert_eq!(s.state(MAC), S::FirmwareCheck);
     assert!(s.view(MAC).reason.is_none());
     // Then a config with no download: the phone runs the image's version.
-    s.start(2, Proto::Tftp, "127.77.0.10", "00908f123456.cfg", "00908f123456.cfg", 100, (0, 100), None);
+    s.start(
+        2,
+        Proto::Tftp,
+        "127.77.0.10",
+        "00908f123456.cfg",
+        "00908f123456.cfg",
+        100,
+        (0, 100),
+        None,
+    );
     assert_eq!(s.view(MAC).firmware.as_deref(), Some("3.4.8.198"));
 }
 
@@ -218,7 +321,16 @@ fn tftp_header_check_by_error_after_two_blocks_is_not_a_failure() {
 fn stalled_download_and_recovery_from_the_stall() {
     let mut s = Sim::new();
     s.dora(MAC, "127.77.0.10", &[66, 67, 160]);
-    s.start(1, Proto::Http, "127.77.0.10", "/450HD.img", IMG, MB10, (0, MB10), None);
+    s.start(
+        1,
+        Proto::Http,
+        "127.77.0.10",
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        None,
+    );
     s.progress(1, MB10 / 3);
     assert!(s.advance(30_000).is_empty(), "not yet stalled");
     let c = s.advance(31_000);
@@ -226,7 +338,10 @@ fn stalled_download_and_recovery_from_the_stall() {
     assert_eq!(c[0].to, S::Stalled);
     let v = s.view(MAC);
     assert_eq!(v.stalled_in, Some(S::FirmwareDownload));
-    assert!(v.reason.unwrap().contains("no progress"), "reason names the stall");
+    assert!(
+        v.reason.unwrap().contains("no progress"),
+        "reason names the stall"
+    );
     // Ticks while stalled change nothing more.
     assert!(s.advance(100_000).is_empty());
     s.progress(1, MB10 / 2);
@@ -238,16 +353,32 @@ fn stalled_download_and_recovery_from_the_stall() {
 fn a_phone_that_never_returns_from_the_burn_stalls() {
     let mut s = Sim::new();
     s.dora(MAC, "127.77.0.10", &[66, 67, 160]);
-    s.start(1, Proto::Http, "127.77.0.10", "/450HD.img", IMG, MB10, (0, MB10), None);
+    s.start(
+        1,
+        Proto::Http,
+        "127.77.0.10",
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        None,
+    );
     s.finish(1, MB10);
     assert_eq!(s.state(MAC), S::Burning);
     let b = s.view(MAC).burn.unwrap();
     assert_eq!(b.expected_ms, 120_000);
     assert_eq!(b.version.as_deref(), Some("3.4.8.198"));
-    assert!(s.advance(150_000).is_empty(), "within burn time + stall_after");
+    assert!(
+        s.advance(150_000).is_empty(),
+        "within burn time + stall_after"
+    );
     assert_eq!(s.advance(40_000)[0].to, S::Stalled);
     assert_eq!(s.view(MAC).stalled_in, Some(S::Burning));
-    s.ev(EventKind::DhcpDiscover(Sim::info(MAC, None, &[66, 67, 160])));
+    s.ev(EventKind::DhcpDiscover(Sim::info(
+        MAC,
+        None,
+        &[66, 67, 160],
+    )));
     assert_eq!(s.state(MAC), S::Rebooted);
     assert_eq!(s.view(MAC).firmware.as_deref(), Some("3.4.8.198"));
 }
@@ -255,11 +386,21 @@ fn a_phone_that_never_returns_from_the_burn_stalls() {
 #[test]
 fn burn_time_per_model_comes_from_config() {
     let mut c = cfg();
-    c.burn_time.insert("450hd".into(), provbox_config::Duration::from_secs(300));
+    c.burn_time
+        .insert("450hd".into(), provbox_config::Duration::from_secs(300));
     let mut s = Sim::new();
     s.t = Tracker::new(&c);
     s.dora(MAC, "127.77.0.10", &[160]);
-    s.start(1, Proto::Http, "127.77.0.10", "/450HD.img", IMG, 1000, (0, 1000), None);
+    s.start(
+        1,
+        Proto::Http,
+        "127.77.0.10",
+        "/450HD.img",
+        IMG,
+        1000,
+        (0, 1000),
+        None,
+    );
     s.finish(1, 1000);
     assert_eq!(s.view(MAC).burn.unwrap().expected_ms, 300_000);
 }
@@ -269,13 +410,26 @@ fn idle_after_lease_stalls_only_for_phones() {
     let mut s = Sim::new();
     s.dora(MAC, "127.77.0.10", &[66, 67, 160]);
     // A laptop: no model, no provisioning options.
-    s.ev(EventKind::DhcpAck(DhcpInfo { mac: "02:00:00:00:00:01".into(), ip: Some(Ipv4Addr::new(127, 77, 0, 11)), ..Default::default() }));
+    s.ev(EventKind::DhcpAck(DhcpInfo {
+        mac: "02:00:00:00:00:01".into(),
+        ip: Some(Ipv4Addr::new(127, 77, 0, 11)),
+        ..Default::default()
+    }));
     s.advance(61_000);
     assert_eq!(s.state(MAC), S::Stalled);
     assert!(s.view(MAC).reason.unwrap().contains("DHCPACK"));
     assert_eq!(s.state("02:00:00:00:00:01"), S::Leased);
     // Any activity resumes an idle stall.
-    s.start(1, Proto::Http, "127.77.0.10", "/450HD.img", IMG, MB10, (0, 1024), None);
+    s.start(
+        1,
+        Proto::Http,
+        "127.77.0.10",
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, 1024),
+        None,
+    );
     assert_eq!(s.state(MAC), S::FirmwareCheck);
 }
 
@@ -283,12 +437,24 @@ fn idle_after_lease_stalls_only_for_phones() {
 fn aborted_download_and_refused_config_fail_with_reasons() {
     let mut s = Sim::new();
     s.dora(MAC, "127.77.0.10", &[160]);
-    s.start(1, Proto::Ftp, "127.77.0.10", "/450HD.img", IMG, MB10, (0, MB10), None);
+    s.start(
+        1,
+        Proto::Ftp,
+        "127.77.0.10",
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        None,
+    );
     s.progress(1, MB10 * 63 / 100);
     s.abort(1, MB10 * 63 / 100, "the client went away");
     assert_eq!(s.state(MAC), S::Failed);
     let r = s.view(MAC).reason.unwrap();
-    assert!(r.contains("63 %") && r.contains("the client went away"), "{r}");
+    assert!(
+        r.contains("63 %") && r.contains("the client went away"),
+        "{r}"
+    );
 
     let other = "00:90:8f:00:00:02";
     s.dora(other, "127.77.0.12", &[160]);
@@ -314,7 +480,10 @@ fn a_config_for_another_model_is_rejected() {
     assert_eq!(checks.len(), 1);
     assert_eq!(checks[0].sha256, SHA_CFG);
     // Matching model (UC prefix and case ignored): nothing.
-    assert!(s.t.config_verdict(&checks[0], Some("uc450hd"), s.now).is_empty());
+    assert!(
+        s.t.config_verdict(&checks[0], Some("uc450hd"), s.now)
+            .is_empty()
+    );
     assert!(s.t.config_verdict(&checks[0], None, s.now).is_empty());
     let c = s.t.config_verdict(&checks[0], Some("445HD"), s.now);
     assert_eq!(c[0].to, S::ConfigRejected);
@@ -326,8 +495,14 @@ fn a_config_for_another_model_is_rejected() {
 
 #[test]
 fn system_type_is_read_from_config_text() {
-    assert_eq!(system_type("; comment\n\nsystem/type=450HD\nvoip/x=1\n").as_deref(), Some("450HD"));
-    assert_eq!(system_type("System/Type = C450HD\r\n").as_deref(), Some("C450HD"));
+    assert_eq!(
+        system_type("; comment\n\nsystem/type=450HD\nvoip/x=1\n").as_deref(),
+        Some("450HD")
+    );
+    assert_eq!(
+        system_type("System/Type = C450HD\r\n").as_deref(),
+        Some("C450HD")
+    );
     assert_eq!(system_type("voip/line/0/enabled=1\n"), None);
     assert_eq!(system_type(";system/type=445HD\n"), None);
 }
@@ -336,15 +511,37 @@ fn system_type_is_read_from_config_text() {
 fn recovery_when_the_phone_asks_only_66_67_after_a_burn() {
     let mut s = Sim::new();
     s.dora(MAC, "127.77.0.10", &[1, 3, 66, 67, 160]);
-    s.start(1, Proto::Http, "127.77.0.10", "/450HD.img", IMG, MB10, (0, MB10), None);
+    s.start(
+        1,
+        Proto::Http,
+        "127.77.0.10",
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        None,
+    );
     s.finish(1, MB10);
     assert_eq!(s.state(MAC), S::Burning);
-    s.ev(EventKind::DhcpDiscover(Sim::info(MAC, None, &[1, 3, 66, 67])));
+    s.ev(EventKind::DhcpDiscover(Sim::info(
+        MAC,
+        None,
+        &[1, 3, 66, 67],
+    )));
     assert_eq!(s.state(MAC), S::Recovery);
     assert!(s.view(MAC).reason.unwrap().contains("66/67"));
     // The recovery loader fetches the image over TFTP: progress shows, state stays.
     s.ev(EventKind::DhcpAck(Sim::info(MAC, Some("127.77.0.10"), &[])));
-    s.start(2, Proto::Tftp, "127.77.0.10", "450HD_3.4.8.198.img", IMG, MB10, (0, MB10), None);
+    s.start(
+        2,
+        Proto::Tftp,
+        "127.77.0.10",
+        "450HD_3.4.8.198.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        None,
+    );
     s.progress(2, MB10 / 2);
     assert_eq!(s.state(MAC), S::Recovery);
     assert!(s.view(MAC).progress.is_some());
@@ -352,7 +549,11 @@ fn recovery_when_the_phone_asks_only_66_67_after_a_burn() {
     assert_eq!(s.state(MAC), S::Recovery);
     assert!(s.view(MAC).burn.is_some());
     // Back with option 160: recovered.
-    s.ev(EventKind::DhcpDiscover(Sim::info(MAC, None, &[1, 3, 66, 67, 160])));
+    s.ev(EventKind::DhcpDiscover(Sim::info(
+        MAC,
+        None,
+        &[1, 3, 66, 67, 160],
+    )));
     assert_eq!(s.state(MAC), S::Rebooted);
 }
 
@@ -361,11 +562,29 @@ fn recovery_when_the_image_is_fetched_again_after_a_burn_without_config() {
     let mut s = Sim::new();
     // A 66/67 phone: no option 160 ever, so only the second rule can tell.
     s.dora(MAC, "127.77.0.10", &[66, 67]);
-    s.start(1, Proto::Tftp, "127.77.0.10", "450HD.img", IMG, 500_000, (0, 500_000), None);
+    s.start(
+        1,
+        Proto::Tftp,
+        "127.77.0.10",
+        "450HD.img",
+        IMG,
+        500_000,
+        (0, 500_000),
+        None,
+    );
     s.finish(1, 500_000);
     s.dora(MAC, "127.77.0.10", &[66, 67]);
     assert_eq!(s.state(MAC), S::Rebooted);
-    s.start(2, Proto::Tftp, "127.77.0.10", "450HD.img", IMG, 500_000, (0, 500_000), None);
+    s.start(
+        2,
+        Proto::Tftp,
+        "127.77.0.10",
+        "450HD.img",
+        IMG,
+        500_000,
+        (0, 500_000),
+        None,
+    );
     s.progress(2, 400_000);
     assert_eq!(s.state(MAC), S::FirmwareDownload);
     s.finish(2, 500_000);
@@ -378,11 +597,23 @@ fn a_transfer_before_the_dhcp_ack_is_merged_into_the_phone() {
     let mut s = Sim::new();
     s.ev(EventKind::DhcpDiscover(Sim::info(MAC, None, &[160])));
     // The TFTP server's event overtook the DHCP server's ACK.
-    s.start(1, Proto::Tftp, "127.77.0.10", "450HD.img", IMG, MB10, (0, MB10), None);
+    s.start(
+        1,
+        Proto::Tftp,
+        "127.77.0.10",
+        "450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        None,
+    );
     assert_eq!(s.state("ip:127.77.0.10"), S::FirmwareCheck);
     assert!(s.view("127.77.0.10").static_ip);
     s.ev(EventKind::DhcpAck(Sim::info(MAC, Some("127.77.0.10"), &[])));
-    assert!(s.t.device("ip:127.77.0.10").is_none(), "the address row is gone");
+    assert!(
+        s.t.device("ip:127.77.0.10").is_none(),
+        "the address row is gone"
+    );
     assert_eq!(s.state(MAC), S::FirmwareCheck);
     // Its transfer now belongs to the phone.
     s.progress(1, MB10 / 2);
@@ -395,9 +626,22 @@ fn an_address_reused_by_another_mac_goes_to_the_new_holder() {
     let mut s = Sim::new();
     let (a, b) = ("00:90:8f:00:00:0a", "00:90:8f:00:00:0b");
     s.dora(a, "127.77.0.10", &[160]);
-    s.ev(EventKind::DhcpRelease(Sim::info(a, Some("127.77.0.10"), &[])));
+    s.ev(EventKind::DhcpRelease(Sim::info(
+        a,
+        Some("127.77.0.10"),
+        &[],
+    )));
     s.dora(b, "127.77.0.10", &[160]);
-    s.start(1, Proto::Tftp, "127.77.0.10", "450HD.img", IMG, MB10, (0, 2048), None);
+    s.start(
+        1,
+        Proto::Tftp,
+        "127.77.0.10",
+        "450HD.img",
+        IMG,
+        MB10,
+        (0, 2048),
+        None,
+    );
     assert_eq!(s.state(b), S::FirmwareCheck);
     assert_eq!(s.state(a), S::Leased);
     assert_eq!(s.view(a).ip, None);
@@ -405,7 +649,16 @@ fn an_address_reused_by_another_mac_goes_to_the_new_holder() {
     // Without a release too (the lease expired).
     s.dora(a, "127.77.0.20", &[160]);
     s.dora(b, "127.77.0.20", &[160]);
-    s.start(2, Proto::Tftp, "127.77.0.20", "450HD.img", IMG, MB10, (0, 2048), None);
+    s.start(
+        2,
+        Proto::Tftp,
+        "127.77.0.20",
+        "450HD.img",
+        IMG,
+        MB10,
+        (0, 2048),
+        None,
+    );
     assert_eq!(s.view(b).active_transfers, 2);
     assert_eq!(s.view(a).ip, None);
 }
@@ -414,7 +667,16 @@ fn an_address_reused_by_another_mac_goes_to_the_new_holder() {
 fn attribution_by_path_user_agent_lease_and_static_address() {
     let mut s = Sim::new();
     // Path MAC, from an address nobody leased.
-    s.start(1, Proto::Http, "127.9.9.9", "/00908FAABBCC.cfg", "00908faabbcc.cfg", 100, (0, 100), None);
+    s.start(
+        1,
+        Proto::Http,
+        "127.9.9.9",
+        "/00908FAABBCC.cfg",
+        "00908faabbcc.cfg",
+        100,
+        (0, 100),
+        None,
+    );
     assert_eq!(s.state("00:90:8f:aa:bb:cc"), S::ConfigDownload);
     // AudioCodes 2.x User-Agent with its MAC: learnt as a hint for that address…
     s.start(
@@ -428,17 +690,47 @@ fn attribution_by_path_user_agent_lease_and_static_address() {
         Some("AUDC-IPPhone/2.2.8.61 (440HDG-Rev0; 00908F602AAC)"),
     );
     let v = s.view("00:90:8f:60:2a:ac");
-    assert_eq!((v.firmware.as_deref(), v.vendor.as_deref()), (Some("2.2.8.61"), Some("AudioCodes")));
+    assert_eq!(
+        (v.firmware.as_deref(), v.vendor.as_deref()),
+        (Some("2.2.8.61"), Some("AudioCodes"))
+    );
     assert_eq!(v.model.as_deref(), Some("440HDG"));
     // …so its TFTP request (no identity at all) finds it.
-    s.start(3, Proto::Tftp, "127.9.9.8", "440HD.img", "440HD_2.2.16.501.img", MB10, (0, MB10), None);
+    s.start(
+        3,
+        Proto::Tftp,
+        "127.9.9.8",
+        "440HD.img",
+        "440HD_2.2.16.501.img",
+        MB10,
+        (0, MB10),
+        None,
+    );
     assert_eq!(s.view("00:90:8f:60:2a:ac").active_transfers, 2);
     // A UC User-Agent has no MAC: the lease decides.
     s.dora(MAC, "127.77.0.10", &[160]);
-    s.start(4, Proto::Https, "127.77.0.10", "/450HD.img", IMG, MB10, (0, 1024), Some(UC_UA));
+    s.start(
+        4,
+        Proto::Https,
+        "127.77.0.10",
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, 1024),
+        Some(UC_UA),
+    );
     assert_eq!(s.view(MAC).firmware.as_deref(), Some("3.4.6.604"));
     // Nothing at all: a row for the static address.
-    s.start(5, Proto::Ftp, "127.5.5.5", "/450HD.img", IMG, MB10, (0, 1024), None);
+    s.start(
+        5,
+        Proto::Ftp,
+        "127.5.5.5",
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, 1024),
+        None,
+    );
     let st = s.view("ip:127.5.5.5");
     assert!(st.static_ip);
     assert_eq!(st.mac, None);
@@ -449,11 +741,29 @@ fn attribution_by_path_user_agent_lease_and_static_address() {
 fn a_resumed_download_completes_the_image() {
     let mut s = Sim::new();
     s.dora(MAC, "127.77.0.10", &[160]);
-    s.start(1, Proto::Http, "127.77.0.10", "/450HD.img", IMG, MB10, (0, MB10), None);
+    s.start(
+        1,
+        Proto::Http,
+        "127.77.0.10",
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        None,
+    );
     s.progress(1, MB10 / 2);
     s.abort(1, MB10 / 2, "connection reset");
     assert_eq!(s.state(MAC), S::Failed);
-    s.start(2, Proto::Http, "127.77.0.10", "/450HD.img", IMG, MB10, (MB10 / 2, MB10 / 2), None);
+    s.start(
+        2,
+        Proto::Http,
+        "127.77.0.10",
+        "/450HD.img",
+        IMG,
+        MB10,
+        (MB10 / 2, MB10 / 2),
+        None,
+    );
     assert_eq!(s.state(MAC), S::FirmwareDownload);
     s.finish(2, MB10 / 2);
     assert_eq!(s.state(MAC), S::Burning);
@@ -463,16 +773,27 @@ fn a_resumed_download_completes_the_image() {
 fn provisioned_phone_renewing_its_lease_stays_provisioned() {
     let mut s = Sim::new();
     s.upgrade(MAC, "127.77.0.10");
-    s.ev(EventKind::DhcpRequest(Sim::info(MAC, Some("127.77.0.10"), &[160])));
+    s.ev(EventKind::DhcpRequest(Sim::info(
+        MAC,
+        Some("127.77.0.10"),
+        &[160],
+    )));
     s.ev(EventKind::DhcpAck(Sim::info(MAC, Some("127.77.0.10"), &[])));
     assert_eq!(s.state(MAC), S::Provisioned);
     s.advance(10 * 60_000);
-    assert_eq!(s.state(MAC), S::Provisioned, "provisioned phones never stall");
+    assert_eq!(
+        s.state(MAC),
+        S::Provisioned,
+        "provisioned phones never stall"
+    );
 }
 
 #[test]
 fn update_pending_against_the_store() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("store");
@@ -483,7 +804,16 @@ fn update_pending_against_the_store() {
         let mut s = Sim::new();
         s.index = store.index();
         s.dora(MAC, "127.77.0.10", &[160]);
-        s.start(1, Proto::Http, "127.77.0.10", "/450HD.img", "450HD_3.4.8.198.img", 9, (0, 9), Some(UC_UA));
+        s.start(
+            1,
+            Proto::Http,
+            "127.77.0.10",
+            "/450HD.img",
+            "450HD_3.4.8.198.img",
+            9,
+            (0, 9),
+            Some(UC_UA),
+        );
         let v = s.view(MAC);
         assert_eq!(v.firmware.as_deref(), Some("3.4.6.604"));
         assert_eq!(v.target_firmware.as_deref(), Some("3.4.8.198"));
@@ -509,7 +839,16 @@ fn replaying_the_log_rebuilds_the_same_fleet() {
     let mut s = Sim::new();
     s.upgrade(MAC, "127.77.0.10");
     s.dora("00:90:8f:00:00:02", "127.77.0.11", &[160]);
-    s.start(9, Proto::Tftp, "127.77.0.11", "450HD.img", IMG, MB10, (0, MB10), None);
+    s.start(
+        9,
+        Proto::Tftp,
+        "127.77.0.11",
+        "450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        None,
+    );
     s.progress(9, MB10 / 4);
     s.advance(70_000);
     let mut t = Tracker::new(&cfg());
@@ -547,8 +886,17 @@ async fn publish_upgrade(bus: &EventBus, mac: &str, ip: &str) {
         user_agent: None,
         tftp: None,
     });
-    bus.publish(EventKind::TransferProgress { id, bytes: MB10 / 2 });
-    bus.publish(EventKind::TransferFinished { id, bytes: MB10, sha256: SHA_IMG.into(), duration_ms: 5, retransmits: 0 });
+    bus.publish(EventKind::TransferProgress {
+        id,
+        bytes: MB10 / 2,
+    });
+    bus.publish(EventKind::TransferFinished {
+        id,
+        bytes: MB10,
+        sha256: SHA_IMG.into(),
+        duration_ms: 5,
+        retransmits: 0,
+    });
 }
 
 #[tokio::test]
@@ -565,9 +913,17 @@ async fn the_runner_journals_and_a_restart_rebuilds() {
     let stop = CancellationToken::new();
     let h = spawn(&c, bus.clone(), store.clone(), &jdir, stop.clone()).unwrap();
     for i in 0..6u8 {
-        publish_upgrade(&bus, &format!("00:90:8f:00:00:{i:02x}"), &format!("127.77.0.{}", 10 + i)).await;
+        publish_upgrade(
+            &bus,
+            &format!("00:90:8f:00:00:{i:02x}"),
+            &format!("127.77.0.{}", 10 + i),
+        )
+        .await;
     }
-    let v = h.wait_for("00908f000005", S::Burning, Duration::from_secs(10)).await.unwrap();
+    let v = h
+        .wait_for("00908f000005", S::Burning, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(v.mac.as_deref(), Some("00:90:8f:00:00:05"));
     let before = h.devices();
     let feed_before = h.feed_seq();
@@ -591,15 +947,36 @@ async fn the_runner_journals_and_a_restart_rebuilds() {
     let after = h2.devices();
     assert_eq!(after.len(), 6);
     for (a, b) in before.iter().zip(after.iter()) {
-        assert_eq!((a.key.as_str(), a.state, a.burn.as_ref().map(|b| b.started_ms)), (b.key.as_str(), b.state, b.burn.as_ref().map(|b| b.started_ms)));
+        assert_eq!(
+            (
+                a.key.as_str(),
+                a.state,
+                a.burn.as_ref().map(|b| b.started_ms)
+            ),
+            (
+                b.key.as_str(),
+                b.state,
+                b.burn.as_ref().map(|b| b.started_ms)
+            )
+        );
     }
     // It keeps tracking: the phone comes back from the burn.
-    bus2.publish(EventKind::DhcpDiscover(Sim::info("00:90:8f:00:00:03", None, &[66, 67, 160])));
-    h2.wait_for("00:90:8f:00:00:03", S::Rebooted, Duration::from_secs(10)).await.unwrap();
+    bus2.publish(EventKind::DhcpDiscover(Sim::info(
+        "00:90:8f:00:00:03",
+        None,
+        &[66, 67, 160],
+    )));
+    h2.wait_for("00:90:8f:00:00:03", S::Rebooted, Duration::from_secs(10))
+        .await
+        .unwrap();
     // A resumed feed subscription gets what came after.
     let sub = h2.subscribe_feed(Some(feed_before));
     assert!(!sub.reset);
-    assert!(sub.backlog.iter().any(|i| i.event == "state" && i.data.contains("rebooted")));
+    assert!(
+        sub.backlog
+            .iter()
+            .any(|i| i.event == "state" && i.data.contains("rebooted"))
+    );
     stop2.cancel();
 }
 
@@ -610,9 +987,19 @@ async fn wait_for_times_out_with_the_current_state() {
     let store = store_at(dir.path()).await;
     let bus = EventBus::new(64);
     let stop = CancellationToken::new();
-    let h = spawn(&cfg(), bus.clone(), store, &dir.path().join("j"), stop.clone()).unwrap();
+    let h = spawn(
+        &cfg(),
+        bus.clone(),
+        store,
+        &dir.path().join("j"),
+        stop.clone(),
+    )
+    .unwrap();
     bus.publish(EventKind::DhcpDiscover(Sim::info(MAC, None, &[160])));
-    let e = h.wait_for(MAC, S::Provisioned, Duration::from_millis(300)).await.unwrap_err();
+    let e = h
+        .wait_for(MAC, S::Provisioned, Duration::from_millis(300))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("discovered"), "{e}");
     stop.cancel();
 }
@@ -622,12 +1009,23 @@ async fn a_delivered_config_for_another_model_is_checked_by_the_runner() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("00908f123456.cfg"), "system/type=445HD\nvoip/line/0/enabled=1\n").unwrap();
+    std::fs::write(
+        root.join("00908f123456.cfg"),
+        "system/type=445HD\nvoip/line/0/enabled=1\n",
+    )
+    .unwrap();
     let store = store_at(dir.path()).await;
     let entry = store.lookup("00908f123456.cfg").unwrap();
     let bus = EventBus::new(64);
     let stop = CancellationToken::new();
-    let h = spawn(&cfg(), bus.clone(), store, &dir.path().join("j"), stop.clone()).unwrap();
+    let h = spawn(
+        &cfg(),
+        bus.clone(),
+        store,
+        &dir.path().join("j"),
+        stop.clone(),
+    )
+    .unwrap();
     bus.publish(EventKind::DhcpDiscover(Sim::info(MAC, None, &[160])));
     bus.publish(EventKind::DhcpAck(Sim::info(MAC, Some("127.77.0.10"), &[])));
     let id = bus.next_transfer_id();
@@ -644,8 +1042,17 @@ async fn a_delivered_config_for_another_model_is_checked_by_the_runner() {
         user_agent: None,
         tftp: None,
     });
-    bus.publish(EventKind::TransferFinished { id, bytes: entry.size, sha256: entry.sha256.clone(), duration_ms: 1, retransmits: 0 });
-    let v = h.wait_for(MAC, S::ConfigRejected, Duration::from_secs(10)).await.unwrap();
+    bus.publish(EventKind::TransferFinished {
+        id,
+        bytes: entry.size,
+        sha256: entry.sha256.clone(),
+        duration_ms: 1,
+        retransmits: 0,
+    });
+    let v = h
+        .wait_for(MAC, S::ConfigRejected, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert!(v.reason.unwrap().contains("445HD"));
     stop.cancel();
 }

@@ -43,7 +43,10 @@ fn strip_rev(s: &str) -> String {
 }
 
 fn strip_sip(s: &str) -> String {
-    s.strip_prefix("SIP-").or_else(|| s.strip_prefix("SIP ")).unwrap_or(s).to_string()
+    s.strip_prefix("SIP-")
+        .or_else(|| s.strip_prefix("SIP "))
+        .unwrap_or(s)
+        .to_string()
 }
 
 #[allow(clippy::expect_used)] // the patterns are constants, checked by the tests below
@@ -93,7 +96,9 @@ static FAMILIES: LazyLock<Vec<Family>> = LazyLock::new(|| {
         // Grandstream: `Grandstream Model HW GXP2135 SW 1.0.7.97 DevId 000b828aa872`.
         Family {
             vendor: "Grandstream",
-            re: re(&format!(r"Grandstream Model HW (\S+).*?SW ([\d.]+).*?DevId {MAC_ANY}")),
+            re: re(&format!(
+                r"Grandstream Model HW (\S+).*?SW ([\d.]+).*?DevId {MAC_ANY}"
+            )),
             model: 1,
             version: 2,
             mac: 3,
@@ -161,7 +166,13 @@ static FAMILIES: LazyLock<Vec<Family>> = LazyLock::new(|| {
 pub fn parse(ua: &str) -> Option<UaInfo> {
     FAMILIES.iter().find_map(|f| {
         let c = f.re.captures(ua)?;
-        let get = |i: usize| if i == 0 { None } else { c.get(i).map(|m| m.as_str()) };
+        let get = |i: usize| {
+            if i == 0 {
+                None
+            } else {
+                c.get(i).map(|m| m.as_str())
+            }
+        };
         Some(UaInfo {
             vendor: f.vendor.to_string(),
             model: get(f.model).map(f.clean_model).filter(|m| !m.is_empty()),
@@ -175,7 +186,10 @@ pub fn parse(ua: &str) -> Option<UaInfo> {
 /// `00-90-8F-…`) → `00:90:8f:60:2a:ac`. `None` for anything else and for the all-zero
 /// and broadcast addresses.
 pub fn normalize_mac(s: &str) -> Option<String> {
-    let hex: String = s.chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
+    let hex: String = s
+        .chars()
+        .filter(|c| !matches!(c, ':' | '-' | '.'))
+        .collect();
     if hex.len() != 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -211,17 +225,30 @@ mod tests {
     fn audiocodes_both_families() {
         assert_eq!(
             p("AUDC-IPPhone/2.2.8.61 (440HDG-Rev0; 00908F602AAC)"),
-            ("AudioCodes".into(), s("440HDG"), s("2.2.8.61"), s("00:90:8f:60:2a:ac"))
+            (
+                "AudioCodes".into(),
+                s("440HDG"),
+                s("2.2.8.61"),
+                s("00:90:8f:60:2a:ac")
+            )
         );
         assert_eq!(
             p("AUDC-IPPhone/2.0.0_build_15 (420HD; 00908F3BBCBA)"),
-            ("AudioCodes".into(), s("420HD"), s("2.0.0_build_15"), s("00:90:8f:3b:bc:ba"))
+            (
+                "AudioCodes".into(),
+                s("420HD"),
+                s("2.0.0_build_15"),
+                s("00:90:8f:3b:bc:ba")
+            )
         );
         assert_eq!(
             p("AUDC/3.4.6.604 AUDC-IPPhone-C450HD_UC_3.4.6.604/1"),
             ("AudioCodes".into(), s("C450HD"), s("3.4.6.604"), None)
         );
-        assert_eq!(p("AUDC-IPPhone-445HD_UC_3.4.8/1.0"), ("AudioCodes".into(), s("445HD"), s("3.4.8"), None));
+        assert_eq!(
+            p("AUDC-IPPhone-445HD_UC_3.4.8/1.0"),
+            ("AudioCodes".into(), s("445HD"), s("3.4.8"), None)
+        );
     }
 
     #[test]
@@ -232,29 +259,62 @@ mod tests {
         );
         assert_eq!(
             p("Yealink SIP-T46G 28.72.0.1 00:15:65:4a:a9:37"),
-            ("Yealink".into(), s("T46G"), s("28.72.0.1"), s("00:15:65:4a:a9:37"))
+            (
+                "Yealink".into(),
+                s("T46G"),
+                s("28.72.0.1"),
+                s("00:15:65:4a:a9:37")
+            )
         );
         assert_eq!(
             p("Grandstream Model HW GXP2135 SW 1.0.7.97 DevId 000b828aa872"),
-            ("Grandstream".into(), s("GXP2135"), s("1.0.7.97"), s("00:0b:82:8a:a8:72"))
+            (
+                "Grandstream".into(),
+                s("GXP2135"),
+                s("1.0.7.97"),
+                s("00:0b:82:8a:a8:72")
+            )
         );
         assert_eq!(
             p("Mozilla/4.0 (compatible; snomD785-SIP 10.1.169.16 1.1.5-IFX-26.11.09 00041396D9B4)"),
-            ("Snom".into(), s("D785"), s("10.1.169.16"), s("00:04:13:96:d9:b4"))
+            (
+                "Snom".into(),
+                s("D785"),
+                s("10.1.169.16"),
+                s("00:04:13:96:d9:b4")
+            )
         );
         assert_eq!(
             p("Mozilla/4.0 (compatible; Snom M900 05.20.0001 000413b60680)"),
-            ("Snom".into(), s("M900"), s("05.20.0001"), s("00:04:13:b6:06:80"))
+            (
+                "Snom".into(),
+                s("M900"),
+                s("05.20.0001"),
+                s("00:04:13:b6:06:80")
+            )
         );
         assert_eq!(
             p("Mitel6940 MAC:14-00-E9-29-4C-6B V:6.4.0.4006-SIP"),
-            ("Mitel".into(), s("6940"), s("6.4.0.4006-SIP"), s("14:00:e9:29:4c:6b"))
+            (
+                "Mitel".into(),
+                s("6940"),
+                s("6.4.0.4006-SIP"),
+                s("14:00:e9:29:4c:6b")
+            )
         );
         assert_eq!(
             p("Fanvil X5U-V2 2.12.1 0c3811223344"),
-            ("Fanvil".into(), s("X5U-V2"), s("2.12.1"), s("0c:38:11:22:33:44"))
+            (
+                "Fanvil".into(),
+                s("X5U-V2"),
+                s("2.12.1"),
+                s("0c:38:11:22:33:44")
+            )
         );
-        assert_eq!(p("Panasonic_KX-UT670/01.022 (0080f000000)").1, s("KX-UT670"));
+        assert_eq!(
+            p("Panasonic_KX-UT670/01.022 (0080f000000)").1,
+            s("KX-UT670")
+        );
     }
 
     #[test]

@@ -21,7 +21,12 @@ pub const IMG: &str = "450HD_3.4.8.198.img";
 /// The process-wide recorder (installed once, as the appliance does at start-up).
 pub fn prometheus() -> PrometheusHandle {
     static H: OnceLock<PrometheusHandle> = OnceLock::new();
-    H.get_or_init(|| PrometheusBuilder::new().install_recorder().expect("install the recorder")).clone()
+    H.get_or_init(|| {
+        PrometheusBuilder::new()
+            .install_recorder()
+            .expect("install the recorder")
+    })
+    .clone()
 }
 
 pub struct Api {
@@ -60,10 +65,16 @@ pub async fn start(token: Option<&str>) -> Api {
     .unwrap();
     let bus = EventBus::new(4096);
     let stop = CancellationToken::new();
-    let tracker =
-        tracker::spawn(&TrackerConfig::default(), bus.clone(), store.clone(), &dir.path().join("state/journal"), stop.clone())
-            .unwrap();
-    let leases: api::LeaseSource = Arc::new(|| serde_json::json!([{ "mac": "00:90:8f:00:00:01", "ip": "127.77.0.10" }]));
+    let tracker = tracker::spawn(
+        &TrackerConfig::default(),
+        bus.clone(),
+        store.clone(),
+        &dir.path().join("state/journal"),
+        stop.clone(),
+    )
+    .unwrap();
+    let leases: api::LeaseSource =
+        Arc::new(|| serde_json::json!([{ "mac": "00:90:8f:00:00:01", "ip": "127.77.0.10" }]));
     let state = ApiState {
         tracker: tracker.clone(),
         bus: bus.clone(),
@@ -75,7 +86,15 @@ pub async fn start(token: Option<&str>) -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(api::serve(listener, state, stop.clone()));
-    Api { addr, url: format!("http://{addr}"), bus, tracker, store, stop, dir }
+    Api {
+        addr,
+        url: format!("http://{addr}"),
+        bus,
+        tracker,
+        store,
+        stop,
+        dir,
+    }
 }
 
 pub fn mac(i: u8) -> String {
@@ -100,7 +119,11 @@ fn info(i: u8, with_ip: bool, opts: &[u8]) -> DhcpInfo {
 
 /// DISCOVER + ACK for phone `i`.
 pub fn lease(bus: &EventBus, i: u8) {
-    bus.publish(EventKind::DhcpDiscover(info(i, false, &[1, 3, 6, 66, 67, 160])));
+    bus.publish(EventKind::DhcpDiscover(info(
+        i,
+        false,
+        &[1, 3, 6, 66, 67, 160],
+    )));
     bus.publish(EventKind::DhcpAck(info(i, true, &[])));
 }
 
@@ -128,7 +151,13 @@ pub fn progress(bus: &EventBus, id: u64, bytes: u64) {
 }
 
 pub fn finish(bus: &EventBus, id: u64, bytes: u64) {
-    bus.publish(EventKind::TransferFinished { id, bytes, sha256: "ab".repeat(32), duration_ms: 1200, retransmits: 0 });
+    bus.publish(EventKind::TransferFinished {
+        id,
+        bytes,
+        sha256: "ab".repeat(32),
+        duration_ms: 1200,
+        retransmits: 0,
+    });
 }
 
 /// A config fetch for phone `i`, delivered in full.
@@ -148,5 +177,11 @@ pub fn config(bus: &EventBus, i: u8) {
         user_agent: None,
         tftp: None,
     });
-    bus.publish(EventKind::TransferFinished { id, bytes: 18, sha256: "cd".repeat(32), duration_ms: 3, retransmits: 0 });
+    bus.publish(EventKind::TransferFinished {
+        id,
+        bytes: 18,
+        sha256: "cd".repeat(32),
+        duration_ms: 3,
+        retransmits: 0,
+    });
 }
