@@ -137,7 +137,7 @@ fn query_token(query: Option<&str>) -> Option<String> {
     query?
         .split('&')
         .find_map(|kv| kv.strip_prefix("token="))
-        .map(|t| percent_decode(t))
+        .map(percent_decode)
 }
 
 /// Minimal `%XX` and `+` decoding for the token query parameter.

@@ -487,12 +487,12 @@ pub fn render_watch(list: &[DeviceView], status: &str, width: usize, colour: boo
             .clone()
             .or(d.last_event.clone())
             .unwrap_or_default();
-        let fixed = 17 + 2 + 8 + 2 + 18 + 2 + barw + 2 + 28 + 2;
+        let fixed = 17 + 2 + 8 + 2 + 18 + 2 + barw + 2 + 34 + 2;
         let line = format!(
-            "{name:<17}  {model:<8}  {}{:<18}{reset}  {barcell}  {:<28}  {dim}{}{reset}",
+            "{name:<17}  {model:<8}  {}{:<18}{reset}  {barcell}  {:<34}  {dim}{}{reset}",
             c(d.state),
             truncate(d.state.as_str(), 18),
-            truncate(&detail, 28),
+            truncate(&detail, 34),
             truncate(&tail, width.saturating_sub(fixed).max(10)),
         );
         out.push_str(&line);
@@ -512,7 +512,7 @@ pub async fn watch(api: &str, token: Option<&str>) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
     if tty {
-        print!("\x1b[?25h\n");
+        println!("\x1b[?25h");
         let _ = std::io::stdout().flush();
     }
     result
@@ -809,6 +809,51 @@ mod tests {
     #[test]
     fn xml_is_escaped() {
         assert_eq!(xml_escape("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot;");
+    }
+
+    fn row(key: &str, state: PhoneState, pct: Option<f64>) -> DeviceView {
+        let v = serde_json::json!({
+            "key": key, "mac": key, "ip": "127.77.0.10", "static_ip": false, "model": "450HD", "vendor": null,
+            "policy": null, "firmware": "3.4.6.604", "firmware_source": "user_agent", "target_firmware": "3.4.8.198",
+            "target_image": null, "update_pending": true, "state": state, "state_since_ms": 0, "reason": null,
+            "stalled_in": null, "burn": null, "first_seen_ms": 0, "last_seen_ms": 0, "last_event": "DHCPACK",
+            "active_transfers": 1, "provisioned_ms": null, "now_ms": 0,
+            "progress": pct.map(|p| serde_json::json!({
+                "transfer_id": 1, "proto": "tftp", "file": "450HD.img", "kind": "firmware", "bytes": 50,
+                "total": 100, "pct": p, "rate_bps": 2048, "eta_s": 25, "started_ms": 0, "last_progress_ms": 0
+            })),
+        });
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn watch_frame_has_a_bar_per_phone() {
+        let list = vec![
+            row(
+                "00:90:8f:00:00:01",
+                PhoneState::FirmwareDownload,
+                Some(50.0),
+            ),
+            row("00:90:8f:00:00:02", PhoneState::Leased, None),
+        ];
+        let f = render_watch(&list, "live", 120, false);
+        let lines: Vec<&str> = f.lines().collect();
+        assert!(lines[1].starts_with("2 phones"), "{f}");
+        assert!(
+            lines[1].contains("leased 1") && lines[1].contains("firmware_download 1"),
+            "{f}"
+        );
+        assert!(
+            lines[3].contains(&format!("{}{}", "█".repeat(10), "░".repeat(10))),
+            "{f}"
+        );
+        assert!(lines[3].contains("50.0% tftp 2.0 KiB/s ETA 25s"), "{f}");
+        assert!(lines[4].contains(&"·".repeat(20)), "{f}");
+        let t = render_table(&list, 200);
+        assert!(
+            t.lines().nth(1).unwrap().contains("3.4.6.604 → 3.4.8.198"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -366,3 +366,38 @@ async fn the_devices_and_report_commands() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("provbox serve"), "{err:#}");
 }
+
+/// A person's look at `provbox watch`: run in a terminal with
+/// `cargo test -p provbox-tests --test api_http watch_by_eye -- --ignored --nocapture`;
+/// a small fleet moves for 15 s while the live view draws it.
+#[tokio::test]
+#[ignore = "interactive: for looking at the terminal view"]
+async fn watch_by_eye() {
+    let api = start(None).await;
+    let bus = api.bus.clone();
+    tokio::spawn(async move {
+        let size = 20_000_000u64;
+        let ids: Vec<u64> = (1..=5u8)
+            .map(|i| {
+                lease(&bus, i);
+                start_download(&bus, i, size)
+            })
+            .collect();
+        for step in 1..=30u64 {
+            for (n, id) in ids.iter().enumerate() {
+                let pct = (step * (n as u64 + 2) * 2).min(100);
+                if pct < 100 {
+                    progress(&bus, *id, size * pct / 100);
+                } else if step == 30 || pct == 100 {
+                    finish(&bus, *id, size);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let _ = tokio::time::timeout(
+        Duration::from_secs(15),
+        provbox::client::watch(&api.url, None),
+    )
+    .await;
+}

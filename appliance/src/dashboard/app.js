@@ -177,8 +177,8 @@
       if (d.target_firmware && d.target_firmware !== d.firmware) {
         c2.append(el("span", "arrow", "→"), el("span", "mono target", d.target_firmware));
       }
-      if (d.update_pending) c2.append(el("span", "badge pending", "update"));
-      c2.title = d.firmware_source ? "from the " + d.firmware_source.replace("_", " ") : "";
+      c2.title = (d.update_pending ? "update pending: the store has " + d.target_firmware + ". " : "")
+        + (d.firmware_source ? "Running version from the " + d.firmware_source.replace("_", " ") + "." : "");
       c3.className = "st-" + d.state;
       c3.style.setProperty("--c", stateVar(d.state));
       c3.replaceChildren(pill(d.state, LIVE.has(d.state)));
@@ -350,6 +350,12 @@
     facts.replaceChildren();
     const fact = (k, v) => { if (v != null && v !== "") facts.append(el("div", "k", k), el("div", "v", String(v))); };
     fact("Why", d.reason);
+    if (d.progress) {
+      const p = d.progress;
+      fact("Transfer", p.proto.toUpperCase() + " " + p.file + ": " + p.pct.toFixed(1) + " % of " + bytes(p.total)
+        + (p.rate_bps ? " at " + bytes(p.rate_bps) + "/s" : "") + (p.eta_s != null ? ", ETA " + dur(p.eta_s * 1000) : ""));
+    }
+    if (d.burn) fact("Burning", d.burn.image + " for " + dur(Date.now() + skew - d.burn.started_ms) + " (expected about " + dur(d.burn.expected_ms) + ")");
     fact("Firmware", (d.firmware || "unknown") + (d.firmware_source ? "  (from the " + d.firmware_source.replace("_", " ") + ")" : ""));
     fact("Store has", d.target_firmware ? d.target_firmware + (d.target_image ? "  (" + d.target_image + ")" : "") : "");
     fact("Policy", d.policy);

@@ -1420,11 +1420,7 @@ impl Tracker {
         match abort {
             None => {
                 d.record_file(&a, a.bytes, duration_ms, "finished", None);
-                let rate = if duration_ms > 0 {
-                    a.bytes * 1000 / duration_ms
-                } else {
-                    0
-                };
+                let rate = (a.bytes * 1000).checked_div(duration_ms).unwrap_or(0);
                 d.note(
                     seq,
                     at,
