@@ -665,13 +665,18 @@ impl Accounting<'_> {
 }
 
 impl SendObserver for Accounting<'_> {
-    fn acked(&mut self, acked: u64, rtt: &RttEstimator) {
+    fn acked(&mut self, acked: u64, sample: Option<Duration>, rtt: &RttEstimator) {
         self.srtt = rtt.srtt();
         if self.transfer.is_none() {
             self.heard.store(true, Ordering::Release);
-            self.options.rtt_us = rtt.srtt().map(|d| d.as_micros() as u64);
+            self.options.rtt_us = sample.map(|d| d.as_micros() as u64);
         }
         self.transfer().progress(acked);
+    }
+
+    fn delivered(&mut self, len: u64) {
+        tracing::debug!(peer = %self.peer, path = self.path, "TFTP: final ACK lost, client closed its port: counted as delivered");
+        self.transfer().progress(len);
     }
 
     fn retransmitted(&mut self, n: u64) {
