@@ -289,6 +289,12 @@ pub(crate) async fn send(
     let mut pkt = Vec::with_capacity(DATA_HEADER_LEN + usize::from(p.blksize));
     let mut rbuf = vec![0u8; 2048];
     let mut deadline = Instant::now();
+    // Made once and polled by reference: a fresh timer and cancellation waiter per
+    // packet would cost a timer-wheel insertion and a lock on the shared token.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
 
     loop {
         // Fill the window. While the OACK is unacknowledged it is the whole window.
@@ -347,13 +353,26 @@ pub(crate) async fn send(
 
         // Wait for the next packet, a timeout, a kick, or shutdown. A datagram that
         // is already queued is taken without a trip through the reactor.
-        let got = match link.try_recv(&mut rbuf) {
-            Some(r) => Some(r),
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        // A stream of queued datagrams (a peer flooding duplicates) must not starve
+        // the timer, shutdown, or the other tasks on this worker.
+        let queued = if Instant::now() >= deadline || cancel.is_cancelled() {
+            None
+        } else {
+            link.try_recv(&mut rbuf)
+        };
+        let got = match queued {
+            Some(r) => {
+                tokio::task::consume_budget().await;
+                Some(r)
+            }
             None => tokio::select! {
                 biased;
-                () = cancel.cancelled() => return SendEnd::Cancelled,
+                () = &mut cancelled => return SendEnd::Cancelled,
                 r = link.recv(&mut rbuf) => Some(r),
-                () = tokio::time::sleep_until(deadline) => None,
+                () = &mut timer => None,
                 () = kick.notified(), if una == first => {
                     // The client repeated its request before hearing from us: resend.
                     nxt = una;
@@ -574,7 +593,14 @@ pub(crate) async fn receive(
         return recv_io_end(e);
     }
     let mut deadline = Instant::now() + p.timeout;
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     loop {
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         let n = if let Some(f) = pending.take() {
             let n = f.len().min(rbuf.len());
             rbuf[..n].copy_from_slice(&f[..n]);
@@ -582,13 +608,13 @@ pub(crate) async fn receive(
         } else {
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return RecvEnd::Cancelled,
+                () = &mut cancelled => return RecvEnd::Cancelled,
                 r = link.recv(&mut rbuf) => match r {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused || e.kind() == SUPERSEDED => return recv_io_end(e),
                     Err(_) => continue,
                 },
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut timer => {
                     tries += 1;
                     if tries > p.retries {
                         let _ = link.send(&error_packet(ErrorCode::NotDefined, "timed out waiting for DATA")).await;
