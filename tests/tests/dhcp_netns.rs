@@ -8,7 +8,7 @@ mod dhcp_support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -108,7 +108,7 @@ tftp_server = "{{server}}"
 boot_file = "445HD.img"
 [[dhcp.reservation]]
 mac = "00:90:8f:aa:bb:cc"
-ip = "198.18.7.7"
+ip = "198.18.5.77"
 "#,
             state = dir.join("state").display(),
             sif = net.sif
@@ -203,7 +203,7 @@ fn udhcpc_models_reservation_and_restart() {
     // A reserved MAC gets its address.
     net.set_client_mac("00:90:8f:aa:bb:cc");
     let env = udhcpc(&net, dir.path(), &["-V", "450HD", "-O", "160"]);
-    assert_eq!(env.get("ip").map(String::as_str), Some("198.18.7.7"));
+    assert_eq!(env.get("ip").map(String::as_str), Some("198.18.5.77"));
 
     // SIGKILL the server, restart it: the reserved MAC and the pool MAC keep their addresses.
     let _ = server.0.kill();
@@ -211,7 +211,7 @@ fn udhcpc_models_reservation_and_restart() {
     drop(server);
     let _server = start_server(&net, dir.path());
     let env = udhcpc(&net, dir.path(), &["-V", "450HD"]);
-    assert_eq!(env.get("ip").map(String::as_str), Some("198.18.7.7"));
+    assert_eq!(env.get("ip").map(String::as_str), Some("198.18.5.77"));
     net.set_client_mac("00:90:8f:00:00:41");
     let env = udhcpc(&net, dir.path(), &["-V", "450HD"]);
     assert_eq!(env.get("ip"), Some(&ip), "the pool lease survived the SIGKILL");
