@@ -566,12 +566,15 @@ where
             FtpsConfig::Off => Box::new(MeasuringWriter::new(socket, command)) as Box<dyn AsyncWrite + Send + Unpin + Sync>,
             FtpsConfig::Building { .. } => panic!("Illegal state"),
             FtpsConfig::On { tls_config } => {
-                let io = async move {
-                    let acceptor: TlsAcceptor = tls_config.into();
-                    let tls_stream = acceptor.accept(socket).await.unwrap();
-                    MeasuringWriter::new(tls_stream, command)
-                }
-                .await;
+                // provbox patch: a failed or stalled data-channel handshake no longer
+                // panics this task (leaving the control channel without a reply); the
+                // transfer fails with the handshake error instead.
+                let acceptor: TlsAcceptor = tls_config.into();
+                let io = match tokio::time::timeout(DATA_TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    Ok(Ok(tls_stream)) => MeasuringWriter::new(DataStream::Tls(Box::new(tls_stream)), command),
+                    Ok(Err(e)) => MeasuringWriter::new(DataStream::Failed(e.kind(), e.to_string()), command),
+                    Err(_) => MeasuringWriter::new(DataStream::Failed(std::io::ErrorKind::TimedOut, "data channel TLS handshake timed out".into()), command),
+                };
                 Box::new(io) as Box<dyn AsyncWrite + Send + Unpin + Sync>
             }
         }
@@ -583,12 +586,15 @@ where
             FtpsConfig::Off => Box::new(MeasuringReader::new(socket, command)) as Box<dyn AsyncRead + Send + Unpin + Sync>,
             FtpsConfig::Building { .. } => panic!("Illegal state"),
             FtpsConfig::On { tls_config } => {
-                let io = async move {
-                    let acceptor: TlsAcceptor = tls_config.into();
-                    let tls_stream = acceptor.accept(socket).await.unwrap();
-                    MeasuringReader::new(tls_stream, command)
-                }
-                .await;
+                // provbox patch: a failed or stalled data-channel handshake no longer
+                // panics this task (leaving the control channel without a reply); the
+                // transfer fails with the handshake error instead.
+                let acceptor: TlsAcceptor = tls_config.into();
+                let io = match tokio::time::timeout(DATA_TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    Ok(Ok(tls_stream)) => MeasuringReader::new(DataStream::Tls(Box::new(tls_stream)), command),
+                    Ok(Err(e)) => MeasuringReader::new(DataStream::Failed(e.kind(), e.to_string()), command),
+                    Err(_) => MeasuringReader::new(DataStream::Failed(std::io::ErrorKind::TimedOut, "data channel TLS handshake timed out".into()), command),
+                };
                 Box::new(io) as Box<dyn AsyncRead + Send + Unpin + Sync>
             }
         }
@@ -604,6 +610,51 @@ where
                 }
             }
             None => self.cwd.clone(),
+        }
+    }
+}
+
+// provbox patch: see `writer`/`reader`.
+const DATA_TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+// provbox patch: a TLS data stream, or the error its handshake failed with.
+enum DataStream {
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Failed(std::io::ErrorKind, String),
+}
+
+impl DataStream {
+    fn failure(kind: std::io::ErrorKind, msg: &str) -> std::io::Error {
+        std::io::Error::new(kind, msg.to_string())
+    }
+}
+
+impl AsyncRead for DataStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DataStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            DataStream::Failed(kind, msg) => Poll::Ready(Err(Self::failure(*kind, msg))),
+        }
+    }
+}
+
+impl AsyncWrite for DataStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            DataStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            DataStream::Failed(kind, msg) => Poll::Ready(Err(Self::failure(*kind, msg))),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DataStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            DataStream::Failed(..) => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DataStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            DataStream::Failed(..) => Poll::Ready(Ok(())),
         }
     }
 }

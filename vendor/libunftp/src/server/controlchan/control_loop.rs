@@ -13,7 +13,7 @@ use crate::{
             auth::AuthMiddleware,
             codecs::FtpCodec,
             command::Command,
-            commands,
+            commands::{self, AuthParam},
             error::ControlChanError,
             error::ControlChanErrorKind,
             ftps::{FtpsControlChanEnforcerMiddleware, FtpsDataChanEnforcerMiddleware},
@@ -279,9 +279,41 @@ where
 
                     // TODO: Handle Event::InternalMsg(InternalMsg::PlaintextControlChannel)
 
+                    // provbox patch: AUTH TLS is answered and the connection upgraded here,
+                    // in order, so no client byte can be read in between (see auth.rs).
+                    let auth_tls = tls_configured && matches!(&event, Event::Command(Command::Auth { protocol: AuthParam::Tls }));
+
                     let handle_result = match event_chain.handle(event).await {
                         Err(e) => Err(e),
-                        Ok(reply) => reply_sink.send(reply).await,
+                        Ok(reply) => {
+                            let upgrade = auth_tls && matches!(&reply, Reply::CodeAndMsg { code: ReplyCode::AuthOkayNoDataNeeded, .. });
+                            let sent = reply_sink.send(reply).await;
+                            if sent.is_ok() && upgrade {
+                                let Ok(framed) = reply_sink.reunite(command_source) else {
+                                    slog::warn!(logger, "Closing control channel. Could not reunite the control stream for TLS");
+                                    return;
+                                };
+                                match upgrade_control_channel(framed, &ftps_config, idle_session_timeout).await {
+                                    Ok((stream, certs)) => {
+                                        {
+                                            let mut session = shared_session.lock().await;
+                                            session.cmd_tls = true;
+                                            if let Some(certs) = certs {
+                                                session.cert_chain = Some(certs);
+                                            }
+                                        }
+                                        let (sink, src) = FtpCodec::new().framed(stream).split();
+                                        reply_sink = sink;
+                                        command_source = src;
+                                    }
+                                    Err(err) => {
+                                        slog::warn!(logger, "Closing control channel. Could not upgrade to TLS: {}", err);
+                                        return;
+                                    }
+                                }
+                            }
+                            sent
+                        }
                     };
 
                     if let Err(chan_err) = handle_result {
@@ -305,6 +337,69 @@ where
     });
 
     Ok(jh)
+}
+
+// provbox patch: the TLS upgrade after `AUTH TLS`. Bytes the line codec already read
+// (a client that sent its ClientHello without waiting for the 234 reply) are replayed
+// to the TLS acceptor instead of being dropped with the codec. The handshake is bounded
+// by the idle timeout, so a client that goes silent cannot hold the session forever.
+async fn upgrade_control_channel(
+    framed: Framed<Box<dyn AsyncReadAsyncWriteSendUnpin>, FtpCodec>,
+    ftps_config: &FtpsConfig,
+    timeout: Duration,
+) -> Result<(Box<dyn AsyncReadAsyncWriteSendUnpin>, Option<Vec<unftp_core::auth::ClientCert>>), std::io::Error> {
+    let FtpsConfig::On { tls_config } = ftps_config else {
+        return Err(std::io::Error::other("TLS is not configured"));
+    };
+    let parts = framed.into_parts();
+    let io: Box<dyn AsyncReadAsyncWriteSendUnpin> = if parts.read_buf.is_empty() {
+        parts.io
+    } else {
+        Box::new(Replay {
+            pending: parts.read_buf.freeze(),
+            inner: parts.io,
+        })
+    };
+    let acceptor: tokio_rustls::TlsAcceptor = tls_config.clone().into();
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    };
+    let s: &ServerConnection = stream.get_ref().1;
+    let certs = s
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| unftp_core::auth::ClientCert(c.as_ref().to_vec())).collect());
+    Ok((Box::new(stream), certs))
+}
+
+// provbox patch: an I/O stream that first yields bytes already read from it.
+struct Replay {
+    pending: bytes::Bytes,
+    inner: Box<dyn AsyncReadAsyncWriteSendUnpin>,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(buf.remaining());
+            let chunk = self.pending.split_to(n);
+            buf.put_slice(&chunk);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 // gets the reply to be sent to the client and tells if the connection should be closed.
