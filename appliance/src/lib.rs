@@ -5,6 +5,7 @@
 
 pub mod appliance;
 pub mod check;
+pub mod export;
 pub mod logging;
 
 pub use appliance::{Addrs, Appliance, ApplianceBuilder};

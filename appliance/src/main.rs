@@ -37,6 +37,8 @@ enum Command {
     },
     /// Validate the config and the store; explain what a phone would be given.
     Check(provbox::check::CheckArgs),
+    /// Write the [dhcp] policies as config for ISC dhcpd, Kea or dnsmasq.
+    ExportDhcp(provbox::export::ExportDhcpArgs),
 }
 
 /// EX_USAGE from sysexits.h: the config is wrong.
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
                 serve(config).await.map(|_| ExitCode::SUCCESS)
             }
             Command::Check(args) => provbox::check::run(args).await,
+            Command::ExportDhcp(args) => provbox::export::run(args).await,
         }
     });
     match result {
