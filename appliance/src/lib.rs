@@ -6,6 +6,8 @@
 pub mod appliance;
 pub mod check;
 pub mod export;
+pub mod healthcheck;
+pub mod install;
 pub mod logging;
 
 pub use appliance::{Addrs, Appliance, ApplianceBuilder};

@@ -39,16 +39,18 @@ enum Command {
     Check(provbox::check::CheckArgs),
     /// Write the [dhcp] policies as config for ISC dhcpd, Kea or dnsmasq.
     ExportDhcp(provbox::export::ExportDhcpArgs),
+    /// Install as a hardened systemd service (needs root).
+    InstallSystemd(provbox::install::InstallSystemdArgs),
+    /// Exit 0 if the running appliance answers (the container HEALTHCHECK).
+    Healthcheck(provbox::healthcheck::HealthcheckArgs),
 }
 
 /// EX_USAGE from sysexits.h: the config is wrong.
 const EX_CONFIG: u8 = 64;
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, provbox_config::ConfigError> {
-    match path {
-        Some(p) => Config::load(p),
-        None => Ok(Config::defaults()),
-    }
+    // The file (or the defaults) with PROVBOX_<SECTION>_<FIELD> overrides applied.
+    Config::load_with_env(path)
 }
 
 fn main() -> ExitCode {
@@ -79,6 +81,8 @@ fn main() -> ExitCode {
             }
             Command::Check(args) => provbox::check::run(args).await,
             Command::ExportDhcp(args) => provbox::export::run(args).await,
+            Command::InstallSystemd(args) => provbox::install::run(args).await,
+            Command::Healthcheck(args) => provbox::healthcheck::run(args).await,
         }
     });
     match result {
