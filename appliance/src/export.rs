@@ -307,7 +307,11 @@ fn parse_template(
                 if !lit.is_empty() {
                     parts.push(Part::Lit(std::mem::take(&mut lit)));
                 }
-                parts.push(if name == "mac" { Part::Mac } else { Part::Model });
+                parts.push(if name == "mac" {
+                    Part::Mac
+                } else {
+                    Part::Model
+                });
             }
             other => match ports.iter().find(|(n, _)| *n == other) {
                 Some((_, port)) => {
@@ -362,7 +366,11 @@ fn option_name(code: u8) -> &'static str {
 
 /// Variants tried for a case-insensitive match where the server compares bytes exactly.
 fn case_variants(s: &str) -> Vec<String> {
-    let mut v = vec![s.to_string(), s.to_ascii_uppercase(), s.to_ascii_lowercase()];
+    let mut v = vec![
+        s.to_string(),
+        s.to_ascii_uppercase(),
+        s.to_ascii_lowercase(),
+    ];
     v.dedup();
     let mut seen = Vec::new();
     v.retain(|x| {
@@ -530,13 +538,13 @@ fn isc_custom_type(uses: &[&CustomOption]) -> &'static str {
 fn isc_custom_value(o: &CustomOption, ty: &str) -> String {
     match ty {
         "text" => isc_str(o.text.as_deref().unwrap_or_default()),
-        "array of ip-address" => o
-            .ip
-            .iter()
-            .flatten()
-            .map(Ipv4Addr::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
+        "array of ip-address" => {
+            o.ip.iter()
+                .flatten()
+                .map(Ipv4Addr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
         _ => mac_colons(&o.bytes()),
     }
 }
@@ -591,10 +599,7 @@ fn isc(ctx: &Ctx<'_>) -> String {
         let _ = writeln!(o, "# {}", class.title);
         let test = match &class.matcher {
             Some(m) => {
-                let index = policies
-                    .iter()
-                    .position(|p| p.id == class.id)
-                    .unwrap_or(0);
+                let index = policies.iter().position(|p| p.id == class.id).unwrap_or(0);
                 let mut all = isc_atoms(m);
                 all.extend(
                     policies[..index]
@@ -679,7 +684,10 @@ fn isc(ctx: &Ctx<'_>) -> String {
         }
         let lease = d.lease_time.get().as_secs();
         let (t1, t2) = d.timers();
-        let _ = writeln!(o, "  default-lease-time {lease};\n  max-lease-time {lease};");
+        let _ = writeln!(
+            o,
+            "  default-lease-time {lease};\n  max-lease-time {lease};"
+        );
         let _ = writeln!(
             o,
             "  option dhcp-renewal-time {};\n  option dhcp-rebinding-time {};",
@@ -814,10 +822,7 @@ fn kea(ctx: &Ctx<'_>) -> anyhow::Result<String> {
         let test = match &class.matcher {
             Some(m) => {
                 let mut all = kea_atoms(m);
-                let index = policies
-                    .iter()
-                    .position(|p| p.id == class.id)
-                    .unwrap_or(0);
+                let index = policies.iter().position(|p| p.id == class.id).unwrap_or(0);
                 all.extend(
                     policies[..index]
                         .iter()
@@ -903,21 +908,24 @@ fn kea(ctx: &Ctx<'_>) -> anyhow::Result<String> {
         let options: Vec<Value> = flex
             .iter()
             .map(|(code, list)| {
-                let expr = list.iter().rev().fold("''".to_string(), |acc, (class, e, always)| {
-                    // Without policies the defaults are not a class: no membership test.
-                    let mut cond = Vec::new();
-                    if !policies.is_empty() {
-                        cond.push(format!("member('{class}')"));
-                    }
-                    if *code == 160 && !*always {
-                        cond.push(format!("({asked_160})"));
-                    }
-                    if cond.is_empty() {
-                        e.clone()
-                    } else {
-                        format!("ifelse({}, {e}, {acc})", cond.join(" and "))
-                    }
-                });
+                let expr = list
+                    .iter()
+                    .rev()
+                    .fold("''".to_string(), |acc, (class, e, always)| {
+                        // Without policies the defaults are not a class: no membership test.
+                        let mut cond = Vec::new();
+                        if !policies.is_empty() {
+                            cond.push(format!("member('{class}')"));
+                        }
+                        if *code == 160 && !*always {
+                            cond.push(format!("({asked_160})"));
+                        }
+                        if cond.is_empty() {
+                            e.clone()
+                        } else {
+                            format!("ifelse({}, {e}, {acc})", cond.join(" and "))
+                        }
+                    });
                 json!({"code": code, "add": expr})
             })
             .collect();
@@ -962,7 +970,8 @@ fn kea(ctx: &Ctx<'_>) -> anyhow::Result<String> {
             .reservations
             .iter()
             .map(|r| {
-                let mut v = json!({"hw-address": r.mac.to_string(), "ip-address": r.ip.to_string()});
+                let mut v =
+                    json!({"hw-address": r.mac.to_string(), "ip-address": r.ip.to_string()});
                 if let Some(h) = &r.hostname {
                     v["hostname"] = json!(h);
                 }
@@ -1043,10 +1052,16 @@ fn dnsmasq(ctx: &Ctx<'_>) -> String {
             while parts.len() < 6 {
                 parts.push("*".to_string());
             }
-            cond(vec![format!("dhcp-mac=set:TAG,{}", parts.join(":"))], &mut o);
+            cond(
+                vec![format!("dhcp-mac=set:TAG,{}", parts.join(":"))],
+                &mut o,
+            );
         }
         if let Some(p) = &m.circuit_id {
-            cond(vec![format!("dhcp-circuitid=set:TAG,{}", dm_str(p))], &mut o);
+            cond(
+                vec![format!("dhcp-circuitid=set:TAG,{}", dm_str(p))],
+                &mut o,
+            );
         }
         if let Some(p) = &m.remote_id {
             cond(vec![format!("dhcp-remoteid=set:TAG,{}", dm_str(p))], &mut o);

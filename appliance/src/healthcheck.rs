@@ -37,7 +37,11 @@ fn local(bind: SocketAddr) -> SocketAddr {
 }
 
 /// One HTTP/1.1 GET; the status code.
-async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<http::StatusCode> {
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<http::StatusCode> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
@@ -74,7 +78,9 @@ pub async fn check(config: &Config, timeout: Duration) -> anyhow::Result<String>
             if status.is_server_error() {
                 bail!("http://{addr}/ answered {status}");
             }
-            Ok(format!("http://{addr}/ answered {status} (the API is disabled)"))
+            Ok(format!(
+                "http://{addr}/ answered {status} (the API is disabled)"
+            ))
         } else {
             bail!("nothing to ask: [api] and [http] are both disabled")
         }

@@ -134,14 +134,16 @@ fn install(args: &InstallSystemdArgs) -> anyhow::Result<()> {
     let same = std::fs::canonicalize(&bin).ok() == std::fs::canonicalize(&exe).ok();
     if !same {
         if let Some(dir) = bin.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let tmp = bin.with_extension("provbox-new");
         std::fs::copy(&exe, &tmp)
             .with_context(|| format!("cannot copy {} to {}", exe.display(), tmp.display()))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("cannot chmod {}", tmp.display()))?;
-        std::fs::rename(&tmp, &bin).with_context(|| format!("cannot rename into {}", bin.display()))?;
+        std::fs::rename(&tmp, &bin)
+            .with_context(|| format!("cannot rename into {}", bin.display()))?;
     }
     println!("binary   {}", bin.display());
 
@@ -167,10 +169,14 @@ fn install(args: &InstallSystemdArgs) -> anyhow::Result<()> {
     }
 
     let store = under(root, &args.store);
-    std::fs::create_dir_all(&store).with_context(|| format!("cannot create {}", store.display()))?;
+    std::fs::create_dir_all(&store)
+        .with_context(|| format!("cannot create {}", store.display()))?;
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("cannot chmod {}", store.display()))?;
-    println!("store    {} (put .img and .cfg files here)", store.display());
+    println!(
+        "store    {} (put .img and .cfg files here)",
+        store.display()
+    );
 
     if let Some(user) = &args.user {
         let add = [
