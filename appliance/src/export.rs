@@ -716,6 +716,9 @@ fn isc(ctx: &Ctx<'_>) -> String {
 
 // ---------------------------------------------------------------------------- Kea
 
+/// A per-client option value for Kea's flex_option hook: (class, expression, always).
+type FlexEntry = (String, String, bool);
+
 /// A Kea expression string literal, or a hex literal when quoting would not survive.
 fn kea_lit(s: &str) -> (String, bool) {
     if s.bytes()
@@ -817,7 +820,7 @@ fn kea(ctx: &Ctx<'_>) -> anyhow::Result<String> {
     let policies: Vec<&Class> = ctx.policies().collect();
     let mut classes = Vec::new();
     // Per-client values need the flex_option hook: code -> [(class, expression, always)].
-    let mut flex: Vec<(u8, Vec<(String, String, bool)>)> = Vec::new();
+    let mut flex: Vec<(u8, Vec<FlexEntry>)> = Vec::new();
     for class in &ctx.classes {
         let test = match &class.matcher {
             Some(m) => {
