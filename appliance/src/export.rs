@@ -428,10 +428,10 @@ fn isc_text(src: &str, pat: &str, exact: bool, rfc3004: bool) -> String {
     let re = if exact {
         // provbox trims blanks (and NULs, where regexec stops anyway) before comparing;
         // option 77 may carry RFC 3004 framing: one length byte before the text.
-        let frame = if rfc3004 {
-            format!("({})?", char::from(u8::try_from(pat.len()).unwrap_or(0)))
-        } else {
-            String::new()
+        let frame = match u8::try_from(pat.len()) {
+            // The length byte may be a regex metacharacter ('.' is 46): escape it.
+            Ok(n) if rfc3004 && n > 0 => format!("({})?", ere_escape(&char::from(n).to_string())),
+            _ => String::new(),
         };
         format!("^{frame}[[:space:]]*{body}[[:space:]]*$")
     } else {
@@ -1184,5 +1184,70 @@ fn dm_custom(opt: &CustomOption) -> String {
         } else {
             format!("{},{}", opt.code, mac_colons(&bytes))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_expand_server_and_ports_and_keep_per_client_parts() {
+        let ports = [("http_port", 8080), ("tftp_port", 69)];
+        let parts = parse_template(
+            "http://{server}:{http_port}/{model}_{mac}.img;<MAC>.cfg{unknown}",
+            Some("192.0.2.1"),
+            &ports,
+            "f",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            parts,
+            vec![
+                Part::Lit("http://192.0.2.1:8080/".into()),
+                Part::Model,
+                Part::Lit("_".into()),
+                Part::Mac,
+                Part::Lit(".img;<MAC>.cfg{unknown}".into()),
+            ]
+        );
+        assert_eq!(
+            phone_placeholders(&pin(&parts, Some("445HD"))),
+            "http://192.0.2.1:8080/445HD_<MAC>.img;<MAC>.cfg{unknown}"
+        );
+        let e = parse_template("{server}/x", None, &ports, "dhcp.boot_file")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("`dhcp.boot_file`") && e.contains("--server"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn isc_patterns_are_escaped_and_framed() {
+        // 46 bytes: the RFC 3004 length byte is '.', which must not match any byte.
+        let pat = "a".repeat(46);
+        let t = isc_text("option user-class", &pat, true, true);
+        assert!(t.contains(r#"^(\\.)?[[:space:]]*"#), "{t}");
+        assert!(isc_text("x", "a.b", false, false).contains(r#""a\\.b""#));
+        // Ten bytes: the length byte is a newline, written as an octal escape.
+        let t = isc_text("option user-class", "0123456789", true, true);
+        assert!(t.contains(r#"^(\012)?"#), "{t}");
+        assert_eq!(isc_str("a\"b\\c"), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn kea_substring_tests_cover_every_offset_and_spelling() {
+        let t = kea_text("option[60]", "450hd", false);
+        assert!(t.contains("substring(option[60].text,0,5) == '450hd'"));
+        assert!(t.contains(&format!(
+            "substring(option[60].text,{},5) == '450HD'",
+            KEA_SCAN - 5
+        )));
+        assert!(!t.contains(&format!(",{},5)", KEA_SCAN - 4)));
+        // A quote cannot be written in a Kea string: hex instead.
+        assert!(kea_text("option[60]", "it's", true).contains("option[60].hex == 0x69742773"));
     }
 }
