@@ -5,6 +5,8 @@
 # dnsmasq and nginx (the simulator's peer-stack test). Needs root; idempotent and quick
 # when everything is already there.
 set -euo pipefail
+# The packaging tests' tools (DHCP servers' config checkers, systemd-analyze, hadolint).
+bash "$(dirname "$0")/../packaging/install-test-deps.sh"
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have curl        || need+=(curl)

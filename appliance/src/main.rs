@@ -37,6 +37,7 @@ enum Command {
     },
     /// Validate the config and the store; explain what a phone would be given.
     Check(provbox::check::CheckArgs),
+<<<<<<< HEAD
     /// Run the appliance on loopback with a simulated fleet of phones: the whole product
     /// in one command, no root needed.
     Demo(provbox::demo::DemoArgs),
@@ -89,16 +90,22 @@ struct ApiArgs {
     /// Bearer token, when the API requires one.
     #[arg(long, env = "PROVBOX_API_TOKEN")]
     token: Option<String>,
+=======
+    /// Write the [dhcp] policies as config for ISC dhcpd, Kea or dnsmasq.
+    ExportDhcp(provbox::export::ExportDhcpArgs),
+    /// Install as a hardened systemd service (needs root).
+    InstallSystemd(provbox::install::InstallSystemdArgs),
+    /// Exit 0 if the running appliance answers (the container HEALTHCHECK).
+    Healthcheck(provbox::healthcheck::HealthcheckArgs),
+>>>>>>> pkg
 }
 
 /// EX_USAGE from sysexits.h: the config is wrong.
 const EX_CONFIG: u8 = 64;
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, provbox_config::ConfigError> {
-    match path {
-        Some(p) => Config::load(p),
-        None => Ok(Config::defaults()),
-    }
+    // The file (or the defaults) with PROVBOX_<SECTION>_<FIELD> overrides applied.
+    Config::load_with_env(path)
 }
 
 fn main() -> ExitCode {
@@ -134,6 +141,7 @@ fn main() -> ExitCode {
                 serve(config).await.map(|_| ExitCode::SUCCESS)
             }
             Command::Check(args) => provbox::check::run(args).await,
+<<<<<<< HEAD
             Command::Demo(args) => provbox::demo::run(args).await,
             Command::Sim(SimCmd {
                 sub: Some(SimSub::MakeImage(args)),
@@ -171,6 +179,11 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 })
             }
+=======
+            Command::ExportDhcp(args) => provbox::export::run(args).await,
+            Command::InstallSystemd(args) => provbox::install::run(args).await,
+            Command::Healthcheck(args) => provbox::healthcheck::run(args).await,
+>>>>>>> pkg
         }
     });
     match result {

@@ -7,6 +7,7 @@
 //! certificates. Every error names the file, the line and the field, and says what is
 //! expected. The binary exits with status 64 on any of them, before binding a port.
 
+mod env;
 mod types;
 mod validate;
 
@@ -40,6 +41,9 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+    /// A `PROVBOX_<SECTION>_<FIELD>` environment override is wrong.
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
 }
 
 /// The whole config file.
@@ -496,7 +500,14 @@ impl Config {
     /// Parses and validates config text. `file` names it in errors; relative
     /// certificate paths are checked relative to `base`.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let config = Self::deserialize_text(text, file)?;
+        validate::validate(&config, text, file, base)?;
+        Ok(config)
+    }
+
+    /// serde's half of [`Config::parse`]: types and unknown keys, errors with their line.
+    fn deserialize_text(text: &str, file: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| validate::line_of(text, s.start))
@@ -506,9 +517,46 @@ impl Config {
                 line,
                 message: e.message().trim().to_string(),
             }
+        })
+    }
+
+    /// Reads the config file (or the defaults when `path` is `None`), applies the
+    /// process's `PROVBOX_<SECTION>_<FIELD>` environment overrides, and validates the
+    /// result. `provbox serve` uses this.
+    pub fn load_with_env(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_vars(path, env::process_vars()?)
+    }
+
+    /// [`Config::load_with_env`] with the variables given (tests, embedding).
+    pub fn load_with_vars(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let base = path.parent().unwrap_or(Path::new("."));
+                env::parse_with_env(&text, &path.display().to_string(), base, vars)
+            }
+            None => env::parse_with_env("", "(built-in defaults)", Path::new("."), vars),
+        }
+    }
+
+    /// Applies `PROVBOX_<SECTION>_<FIELD>=value` overrides to this config and validates
+    /// the result; variables of other shapes are ignored. On error `self` is unchanged.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let text = toml::to_string(self).map_err(|e| ConfigError::Env {
+            var: "(all)".to_string(),
+            message: format!("cannot serialise the current config to apply overrides: {e}"),
         })?;
-        validate::validate(&config, text, file, base)?;
-        Ok(config)
+        *self = env::parse_with_env(&text, "(current config)", Path::new("."), vars)?;
+        Ok(())
     }
 
     /// The config used when no file is given, validated like any other.

@@ -132,3 +132,219 @@ fn template_expansion_keeps_phone_placeholders() {
     parse("[dhcp]\nprovisioning_url = \"https://{server}:{https_port}/450HD.img;<MAC>.cfg\"\n")
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+// ---- environment overrides (PROVBOX_<SECTION>_<FIELD>) ----
+
+fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn with_env(text: &str, list: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    env::parse_with_env(text, "t.toml", Path::new("."), vars(list))
+}
+
+#[test]
+fn env_sets_fields_of_every_type() {
+    let c = with_env(
+        "",
+        &[
+            ("PROVBOX_DHCP_SERVER_IP", "192.0.2.1"),
+            ("PROVBOX_DHCP_POOL", "192.0.2.100-192.0.2.199"),
+            ("PROVBOX_DHCP_DNS", "192.0.2.1, 192.0.2.2"),
+            ("PROVBOX_DHCP_LEASE_TIME", "2h"),
+            ("PROVBOX_HTTP_BIND", "0.0.0.0:8081"),
+            ("PROVBOX_HTTPS_ENABLED", "false"),
+            ("PROVBOX_STORE_ROOT", "/store"),
+            ("PROVBOX_STATE_DIR", "/state"),
+            ("PROVBOX_TFTP_SINGLE_PORT", "true"),
+            ("PROVBOX_TFTP_RETRIES", "9"),
+            ("PROVBOX_FTP_PASSIVE_PORTS", "31000-31009"),
+            ("PROVBOX_FTP_PASSIVE_ADDRESS", "192.0.2.1"),
+            ("PROVBOX_API_TOKEN", "12345"),
+            ("PROVBOX_TRACKER_BURN_TIME", "{ \"450HD\" = \"3m\" }"),
+            (
+                "PROVBOX_DHCP_POLICY",
+                "[{ match = { model = \"450HD\" }, boot_file = \"450HD.img\" }]",
+            ),
+            // Not config: ignored.
+            ("PROVBOX_CONFIG", "/etc/provbox.toml"),
+            ("PROVBOX_LOG_LEVEL", "debug"),
+            ("PROVBOXX_HTTP_BIND", "nonsense"),
+            ("HOME", "/root"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.dhcp.server_ip.map(|i| i.to_string()).as_deref(),
+        Some("192.0.2.1")
+    );
+    assert_eq!(c.dhcp.pool.map(|p| p.len()), Some(100));
+    assert_eq!(c.dhcp.dns.len(), 2);
+    assert_eq!(c.dhcp.lease_time.get().as_secs(), 7200);
+    assert_eq!(c.http.bind.to_string(), "0.0.0.0:8081");
+    assert!(!c.https.enabled);
+    assert_eq!(c.store.root, PathBuf::from("/store"));
+    assert_eq!(c.state.dir, PathBuf::from("/state"));
+    assert!(c.tftp.single_port);
+    assert_eq!(c.tftp.retries, 9);
+    assert_eq!(c.ftp.passive_ports.first, 31000);
+    assert_eq!(
+        c.ftp.passive_address.map(|a| a.to_string()).as_deref(),
+        Some("192.0.2.1")
+    );
+    // A number-looking token is still a string: the field's type decides.
+    assert_eq!(c.api.token.as_deref(), Some("12345"));
+    assert_eq!(
+        c.tracker.burn_time.get("450HD").map(|d| d.get().as_secs()),
+        Some(180)
+    );
+    assert_eq!(c.dhcp.policies.len(), 1);
+}
+
+#[test]
+fn env_overrides_the_file_and_keeps_file_line_numbers() {
+    let text = "[http]\nbind = \"0.0.0.0:80\"\n\n[tftp]\nretries = 3\n";
+    let c = with_env(text, &[("PROVBOX_HTTP_BIND", "127.0.0.1:8088")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.http.bind.to_string(), "127.0.0.1:8088");
+    assert_eq!(c.tftp.retries, 3);
+    // A mistake in the file is still reported at its own line.
+    let e = with_env(
+        "[http]\nbind = \"0.0.0.0:80\"\n[tftp]\nmax_blksize = 2\n",
+        &[
+            ("PROVBOX_HTTP_ENABLED", "true"),
+            ("PROVBOX_API_ENABLED", "true"),
+        ],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.starts_with("t.toml:4: `tftp.max_blksize`"), "{e}");
+    let e = with_env(
+        "[tftp]\nretries = \"x\"\n",
+        &[("PROVBOX_HTTP_ENABLED", "true")],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.starts_with("t.toml:2:"), "{e}");
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("PROVBOX_DHCP_LEASE_TIME", "forever", "duration"),
+        ("PROVBOX_HTTP_BIND", "not-an-address", "http.bind"),
+        ("PROVBOX_TFTP_RETRIES", "-1", "tftp.retries"),
+        ("PROVBOX_TFTP_RETRIES", "many", "tftp.retries"),
+        ("PROVBOX_DHCP_SERVERIP", "192.0.2.1", "unknown field"),
+        ("PROVBOX_DHCP_SERVERIP", "", "unknown field"),
+        ("PROVBOX_HTTPS_ENABLED", "yes", "https.enabled"),
+    ];
+    for (var, value, needle) in cases {
+        let e = match with_env("", &[(var, value)]) {
+            Ok(_) => panic!("{var}={value} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.starts_with(&format!("environment variable {var}:")),
+            "{var}={value}: {e}"
+        );
+        assert!(e.contains(needle), "{var}={value}: {e}");
+    }
+}
+
+#[test]
+fn env_validation_errors_blame_the_variable_that_caused_them() {
+    // The API beyond loopback needs a token: the variable that moved it is named.
+    let e = with_env("", &[("PROVBOX_API_BIND", "0.0.0.0:8080")])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.starts_with("environment variable PROVBOX_API_BIND: `api.bind`"),
+        "{e}"
+    );
+    // ...and a token from the environment fixes it.
+    with_env(
+        "",
+        &[
+            ("PROVBOX_API_BIND", "0.0.0.0:8080"),
+            ("PROVBOX_API_TOKEN", "s3cret"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // A file error made visible by an override names the file line and the overrides.
+    let e = with_env(
+        "[dhcp]\npool = \"192.0.2.100-192.0.2.199\"\n",
+        &[("PROVBOX_DHCP_SERVER_IP", "198.51.100.1")],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.starts_with("t.toml:2: `dhcp.pool`"), "{e}");
+    assert!(e.contains("PROVBOX_DHCP_SERVER_IP"), "{e}");
+}
+
+#[test]
+fn env_empty_value_restores_the_default_and_duplicates_are_refused() {
+    let c = with_env("[api]\ntoken = \"x\"\n", &[("PROVBOX_API_TOKEN", "")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.api.token, None);
+    let e = with_env(
+        "",
+        &[
+            ("PROVBOX_HTTP_BIND", "0.0.0.0:81"),
+            ("PROVBOX_http_bind", "0.0.0.0:82"),
+        ],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("also set by"), "{e}");
+}
+
+#[test]
+fn apply_env_on_a_built_config_and_load_with_vars() {
+    let mut c = Config::default();
+    c.apply_env(vars(&[
+        ("PROVBOX_TFTP_SINGLE_PORT", "true"),
+        ("PROVBOX_DHCP_SERVER_IP", "192.0.2.9"),
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.tftp.single_port);
+    assert_eq!(
+        c.dhcp.server_ip.map(|i| i.to_string()).as_deref(),
+        Some("192.0.2.9")
+    );
+    let before = c.tftp.retries;
+    assert!(c.apply_env(vars(&[("PROVBOX_TFTP_RETRIES", "x")])).is_err());
+    assert_eq!(
+        c.tftp.retries, before,
+        "a failed apply leaves the config as it was"
+    );
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, "[http]\nbind = \"0.0.0.0:80\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let c = Config::load_with_vars(
+        Some(&path),
+        vars(&[("PROVBOX_HTTP_BIND", "127.0.0.1:1080")]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.http.bind.to_string(), "127.0.0.1:1080");
+    let c = Config::load_with_vars(None, vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.http.bind.port(), 80);
+    // The example file survives a round trip through apply_env (serialise, merge, parse).
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../provbox.example.toml");
+    let mut c = Config::load(&example).unwrap_or_else(|e| panic!("{e}"));
+    c.apply_env(vars(&[
+        ("PROVBOX_HTTP_BIND", "0.0.0.0:8080"),
+        ("PROVBOX_API_BIND", "127.0.0.1:9090"),
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.dhcp.policies.len(), 3);
+    assert_eq!(c.http.bind.port(), 8080);
+}
