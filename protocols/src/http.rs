@@ -497,6 +497,14 @@ impl http_body::Body for SnapshotBody {
                 if let Some(t) = self.transfer.as_mut() {
                     t.progress(sent);
                 }
+                // The last chunk ends the transfer: once Content-Length bytes are handed
+                // over, hyper drops the body without polling it to its end, which would
+                // record a complete download as aborted.
+                if self.pos >= self.end
+                    && let Some(t) = self.transfer.take()
+                {
+                    t.finish();
+                }
                 Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
             }
         }
