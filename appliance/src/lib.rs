@@ -6,15 +6,12 @@
 pub mod api;
 pub mod appliance;
 pub mod check;
-<<<<<<< HEAD
 pub mod client;
 pub mod dashboard;
 pub mod demo;
-=======
 pub mod export;
 pub mod healthcheck;
 pub mod install;
->>>>>>> pkg
 pub mod logging;
 pub mod sim;
 pub mod tracker;

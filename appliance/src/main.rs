@@ -37,7 +37,6 @@ enum Command {
     },
     /// Validate the config and the store; explain what a phone would be given.
     Check(provbox::check::CheckArgs),
-<<<<<<< HEAD
     /// Run the appliance on loopback with a simulated fleet of phones: the whole product
     /// in one command, no root needed.
     Demo(provbox::demo::DemoArgs),
@@ -64,6 +63,12 @@ enum Command {
         #[arg(long)]
         junit: PathBuf,
     },
+    /// Write the [dhcp] policies as config for ISC dhcpd, Kea or dnsmasq.
+    ExportDhcp(provbox::export::ExportDhcpArgs),
+    /// Install as a hardened systemd service (needs root).
+    InstallSystemd(provbox::install::InstallSystemdArgs),
+    /// Exit 0 if the running appliance answers (the container HEALTHCHECK).
+    Healthcheck(provbox::healthcheck::HealthcheckArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,14 +95,6 @@ struct ApiArgs {
     /// Bearer token, when the API requires one.
     #[arg(long, env = "PROVBOX_API_TOKEN")]
     token: Option<String>,
-=======
-    /// Write the [dhcp] policies as config for ISC dhcpd, Kea or dnsmasq.
-    ExportDhcp(provbox::export::ExportDhcpArgs),
-    /// Install as a hardened systemd service (needs root).
-    InstallSystemd(provbox::install::InstallSystemdArgs),
-    /// Exit 0 if the running appliance answers (the container HEALTHCHECK).
-    Healthcheck(provbox::healthcheck::HealthcheckArgs),
->>>>>>> pkg
 }
 
 /// EX_USAGE from sysexits.h: the config is wrong.
@@ -141,7 +138,6 @@ fn main() -> ExitCode {
                 serve(config).await.map(|_| ExitCode::SUCCESS)
             }
             Command::Check(args) => provbox::check::run(args).await,
-<<<<<<< HEAD
             Command::Demo(args) => provbox::demo::run(args).await,
             Command::Sim(SimCmd {
                 sub: Some(SimSub::MakeImage(args)),
@@ -179,11 +175,9 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 })
             }
-=======
             Command::ExportDhcp(args) => provbox::export::run(args).await,
             Command::InstallSystemd(args) => provbox::install::run(args).await,
             Command::Healthcheck(args) => provbox::healthcheck::run(args).await,
->>>>>>> pkg
         }
     });
     match result {

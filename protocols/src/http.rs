@@ -497,14 +497,8 @@ impl http_body::Body for SnapshotBody {
                 if let Some(t) = self.transfer.as_mut() {
                     t.progress(sent);
                 }
-<<<<<<< HEAD
                 // hyper knows the length and will not poll again after the last byte:
                 // the transfer is complete when its last chunk is handed over.
-=======
-                // The last chunk ends the transfer: once Content-Length bytes are handed
-                // over, hyper drops the body without polling it to its end, which would
-                // record a complete download as aborted.
->>>>>>> e2e
                 if self.pos >= self.end
                     && let Some(t) = self.transfer.take()
                 {
