@@ -19,7 +19,10 @@ fn example_file_loads() {
     let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.dhcp.policies.len(), 3);
     assert_eq!(c.dhcp.policies[1].boot_file.as_deref(), Some("445HD.img"));
-    assert_eq!(c.tracker.burn_time.get("450HD").map(|d| d.get().as_secs()), Some(180));
+    assert_eq!(
+        c.tracker.burn_time.get("450HD").map(|d| d.get().as_secs()),
+        Some(180)
+    );
 }
 
 #[test]
@@ -65,11 +68,17 @@ fn overlapping_reservations() {
 
 #[test]
 fn unknown_placeholder() {
-    let e = err("[[dhcp.policy]]\nmatch = { model = \"450HD\" }\nprovisioning_url = \"http://{server}/{serial}.img\"\n");
-    assert!(e.starts_with("t.toml:3: `dhcp.policy[0].provisioning_url`"), "{e}");
+    let e = err(
+        "[[dhcp.policy]]\nmatch = { model = \"450HD\" }\nprovisioning_url = \"http://{server}/{serial}.img\"\n",
+    );
+    assert!(
+        e.starts_with("t.toml:3: `dhcp.policy[0].provisioning_url`"),
+        "{e}"
+    );
     assert!(e.contains("{serial}"), "{e}");
     // The phone's own placeholders pass.
-    parse("[dhcp]\nprovisioning_url = \"http://{server}/<MODEL>.img;<MAC>.cfg\"\n").unwrap_or_else(|e| panic!("{e}"));
+    parse("[dhcp]\nprovisioning_url = \"http://{server}/<MODEL>.img;<MAC>.cfg\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -97,14 +106,29 @@ fn api_beyond_loopback_needs_token() {
 
 #[test]
 fn template_expansion_keeps_phone_placeholders() {
-    let vars = TemplateVars { server: "192.0.2.1".into(), https_port: 8443, ..TemplateVars::default() };
+    let vars = TemplateVars {
+        server: "192.0.2.1".into(),
+        https_port: 8443,
+        ..TemplateVars::default()
+    };
     assert_eq!(
-        expand_template("https://{server}/{model}.img;<MAC>.cfg", &vars, "00908f123456", "450HD"),
+        expand_template(
+            "https://{server}/{model}.img;<MAC>.cfg",
+            &vars,
+            "00908f123456",
+            "450HD"
+        ),
         "https://192.0.2.1/450HD.img;<MAC>.cfg"
     );
     assert_eq!(
-        expand_template("https://{server}:{https_port}/{mac}/<MODEL>.img;{bogus}{tftp_port}{", &vars, "00908f123456", "450HD"),
+        expand_template(
+            "https://{server}:{https_port}/{mac}/<MODEL>.img;{bogus}{tftp_port}{",
+            &vars,
+            "00908f123456",
+            "450HD"
+        ),
         "https://192.0.2.1:8443/00908f123456/<MODEL>.img;{bogus}69{"
     );
-    parse("[dhcp]\nprovisioning_url = \"https://{server}:{https_port}/450HD.img;<MAC>.cfg\"\n").unwrap_or_else(|e| panic!("{e}"));
+    parse("[dhcp]\nprovisioning_url = \"https://{server}:{https_port}/450HD.img;<MAC>.cfg\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -12,7 +12,15 @@ use crate::{Config, ConfigError};
 
 /// Placeholders provbox expands in URL templates. The phone's own `<MAC>` and `<MODEL>`
 /// are different: they are passed through for the phone to expand.
-pub const PLACEHOLDERS: [&str; 7] = ["server", "mac", "model", "http_port", "https_port", "ftp_port", "tftp_port"];
+pub const PLACEHOLDERS: [&str; 7] = [
+    "server",
+    "mac",
+    "model",
+    "http_port",
+    "https_port",
+    "ftp_port",
+    "tftp_port",
+];
 
 /// The appliance-wide values templates may name: the address phones reach provbox at and
 /// the ports its file servers listen on. The ports are needed because in loopback and
@@ -30,7 +38,13 @@ pub struct TemplateVars {
 
 impl Default for TemplateVars {
     fn default() -> Self {
-        Self { server: String::new(), http_port: 80, https_port: 443, ftp_port: 21, tftp_port: 69 }
+        Self {
+            server: String::new(),
+            http_port: 80,
+            https_port: 443,
+            ftp_port: 21,
+            tftp_port: 69,
+        }
     }
 }
 
@@ -38,7 +52,11 @@ impl TemplateVars {
     /// The values a config file implies: `dhcp.server_ip` and the configured bind ports.
     pub fn from_config(c: &crate::Config) -> Self {
         Self {
-            server: c.dhcp.server_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            server: c
+                .dhcp
+                .server_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
             http_port: c.http.bind.port(),
             https_port: c.https.bind.port(),
             ftp_port: c.ftp.bind.port(),
@@ -121,7 +139,11 @@ fn unknown_placeholders(template: &str) -> Vec<String> {
 
 /// 1-based line of a byte offset.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 enum Seg<'a> {
@@ -131,12 +153,16 @@ enum Seg<'a> {
 
 /// The line of the key at `path`, or of the deepest ancestor that exists.
 fn locate(text: &str, path: &[Seg<'_>]) -> usize {
-    let Ok(doc) = toml_edit::Document::parse(text) else { return 1 };
+    let Ok(doc) = toml_edit::Document::parse(text) else {
+        return 1;
+    };
     walk(text, doc.as_table(), path, 1)
 }
 
 fn walk(text: &str, table: &dyn toml_edit::TableLike, path: &[Seg<'_>], mut line: usize) -> usize {
-    let Some((Seg::Key(k), rest)) = path.split_first() else { return line };
+    let Some((Seg::Key(k), rest)) = path.split_first() else {
+        return line;
+    };
     if let Some(span) = table.key(k).and_then(|key| key.span()) {
         line = line_of(text, span.start);
     }
@@ -216,7 +242,11 @@ pub(crate) fn validate(c: &Config, text: &str, file: &str, base: &Path) -> Resul
         if let Some(prev) = by_mac.insert(r.mac, i) {
             return Err(cx.err(
                 &[Key("dhcp"), Key("reservation"), Index(i), Key("mac")],
-                format!("MAC {} is already reserved by reservation #{}; keep one", r.mac, prev + 1),
+                format!(
+                    "MAC {} is already reserved by reservation #{}; keep one",
+                    r.mac,
+                    prev + 1
+                ),
             ));
         }
         if let Some(prev) = by_ip.insert(r.ip, i) {
@@ -259,11 +289,34 @@ pub(crate) fn validate(c: &Config, text: &str, file: &str, base: &Path) -> Resul
         check_scheme(&cx, &[Key("dhcp"), Key("provisioning_url")], url)?;
     }
     for (i, p) in d.policies.iter().enumerate() {
-        check_template(&[Key("dhcp"), Key("policy"), Index(i), Key("provisioning_url")], &p.provisioning_url)?;
-        check_template(&[Key("dhcp"), Key("policy"), Index(i), Key("tftp_server")], &p.tftp_server)?;
-        check_template(&[Key("dhcp"), Key("policy"), Index(i), Key("boot_file")], &p.boot_file)?;
+        check_template(
+            &[
+                Key("dhcp"),
+                Key("policy"),
+                Index(i),
+                Key("provisioning_url"),
+            ],
+            &p.provisioning_url,
+        )?;
+        check_template(
+            &[Key("dhcp"), Key("policy"), Index(i), Key("tftp_server")],
+            &p.tftp_server,
+        )?;
+        check_template(
+            &[Key("dhcp"), Key("policy"), Index(i), Key("boot_file")],
+            &p.boot_file,
+        )?;
         if let Some(url) = &p.provisioning_url {
-            check_scheme(&cx, &[Key("dhcp"), Key("policy"), Index(i), Key("provisioning_url")], url)?;
+            check_scheme(
+                &cx,
+                &[
+                    Key("dhcp"),
+                    Key("policy"),
+                    Index(i),
+                    Key("provisioning_url"),
+                ],
+                url,
+            )?;
         }
         if p.matcher.is_empty() {
             return Err(cx.err(
@@ -272,14 +325,27 @@ pub(crate) fn validate(c: &Config, text: &str, file: &str, base: &Path) -> Resul
             ));
         }
         for (j, o) in p.options.iter().enumerate() {
-            check_option(&cx, &[Key("dhcp"), Key("policy"), Index(i), Key("option"), Index(j)], o)?;
+            check_option(
+                &cx,
+                &[
+                    Key("dhcp"),
+                    Key("policy"),
+                    Index(i),
+                    Key("option"),
+                    Index(j),
+                ],
+                o,
+            )?;
         }
     }
     for (j, o) in d.options.iter().enumerate() {
         check_option(&cx, &[Key("dhcp"), Key("option"), Index(j)], o)?;
     }
     if d.lease_time.get().as_secs() < 10 {
-        return Err(cx.err(&[Key("dhcp"), Key("lease_time")], "a lease shorter than 10s is not useful; write e.g. \"1h\""));
+        return Err(cx.err(
+            &[Key("dhcp"), Key("lease_time")],
+            "a lease shorter than 10s is not useful; write e.g. \"1h\"",
+        ));
     }
     let (t1, t2) = d.timers();
     if !(t1 < t2 && t2 < d.lease_time.get()) {
@@ -291,14 +357,23 @@ pub(crate) fn validate(c: &Config, text: &str, file: &str, base: &Path) -> Resul
 
     // TFTP limits.
     if !(8..=65464).contains(&c.tftp.max_blksize) {
-        return Err(cx.err(&[Key("tftp"), Key("max_blksize")], "blksize must be 8-65464 (RFC 2348)"));
+        return Err(cx.err(
+            &[Key("tftp"), Key("max_blksize")],
+            "blksize must be 8-65464 (RFC 2348)",
+        ));
     }
     if c.tftp.max_windowsize == 0 {
-        return Err(cx.err(&[Key("tftp"), Key("max_windowsize")], "windowsize must be at least 1"));
+        return Err(cx.err(
+            &[Key("tftp"), Key("max_windowsize")],
+            "windowsize must be at least 1",
+        ));
     }
 
     // API token when exposed.
-    if c.api.enabled && !c.api.bind.ip().is_loopback() && c.api.token.as_deref().is_none_or(str::is_empty) {
+    if c.api.enabled
+        && !c.api.bind.ip().is_loopback()
+        && c.api.token.as_deref().is_none_or(str::is_empty)
+    {
         return Err(cx.err(
             &[Key("api"), Key("bind")],
             format!(
@@ -325,15 +400,25 @@ pub(crate) fn validate(c: &Config, text: &str, file: &str, base: &Path) -> Resul
     // Certificates must be readable now, not at the first handshake.
     match (&c.https.cert, &c.https.key) {
         (Some(_), None) | (None, Some(_)) => {
-            return Err(cx.err(&[Key("https"), Key("cert")], "set both `cert` and `key`, or neither (a certificate is then generated)"));
+            return Err(cx.err(
+                &[Key("https"), Key("cert")],
+                "set both `cert` and `key`, or neither (a certificate is then generated)",
+            ));
         }
         (Some(cert), Some(key)) if c.https.enabled || c.ftp.ftps => {
             for (name, p) in [("cert", cert), ("key", key)] {
-                let full = if p.is_absolute() { p.clone() } else { base.join(p) };
+                let full = if p.is_absolute() {
+                    p.clone()
+                } else {
+                    base.join(p)
+                };
                 if let Err(e) = std::fs::File::open(&full) {
                     return Err(cx.err(
                         &[Key("https"), Key(name)],
-                        format!("cannot read {}: {e}; give a readable PEM file", full.display()),
+                        format!(
+                            "cannot read {}: {e}; give a readable PEM file",
+                            full.display()
+                        ),
                     ));
                 }
             }
@@ -366,7 +451,10 @@ pub(crate) fn validate(c: &Config, text: &str, file: &str, base: &Path) -> Resul
         seen.push((name, proto, addr));
     }
     if c.ftp.enabled && c.ftp.passive_ports.contains(c.ftp.bind.port()) {
-        return Err(cx.err(&[Key("ftp"), Key("passive_ports")], "the passive range includes the control port"));
+        return Err(cx.err(
+            &[Key("ftp"), Key("passive_ports")],
+            "the passive range includes the control port",
+        ));
     }
     Ok(())
 }
@@ -383,18 +471,38 @@ fn check_scheme(cx: &Ctx<'_>, path: &[Seg<'_>], url: &str) -> Result<(), ConfigE
     }
 }
 
-fn check_option(cx: &Ctx<'_>, path: &[Seg<'_>], o: &crate::CustomOption) -> Result<(), ConfigError> {
-    let n = usize::from(o.text.is_some()) + usize::from(o.ip.is_some()) + usize::from(o.hex.is_some());
+fn check_option(
+    cx: &Ctx<'_>,
+    path: &[Seg<'_>],
+    o: &crate::CustomOption,
+) -> Result<(), ConfigError> {
+    let n =
+        usize::from(o.text.is_some()) + usize::from(o.ip.is_some()) + usize::from(o.hex.is_some());
     if n != 1 {
-        return Err(cx.err(path, format!("option {} needs exactly one of `text`, `ip` or `hex`", o.code)));
+        return Err(cx.err(
+            path,
+            format!(
+                "option {} needs exactly one of `text`, `ip` or `hex`",
+                o.code
+            ),
+        ));
     }
     if matches!(o.code, 0 | 255 | 53 | 54 | 50 | 51 | 55 | 61 | 82) {
-        return Err(cx.err(path, format!("option {} is managed by the server itself and cannot be set here", o.code)));
+        return Err(cx.err(
+            path,
+            format!(
+                "option {} is managed by the server itself and cannot be set here",
+                o.code
+            ),
+        ));
     }
     if let Some(h) = &o.hex
         && hex::decode(h.replace([':', ' '], "")).is_err()
     {
-        return Err(cx.err(path, format!("`hex` for option {} is not hex: \"{h}\"", o.code)));
+        return Err(cx.err(
+            path,
+            format!("`hex` for option {} is not hex: \"{h}\"", o.code),
+        ));
     }
     Ok(())
 }

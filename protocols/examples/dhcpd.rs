@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let Some(path) = std::env::args_os().nth(1).map(PathBuf::from) else {
@@ -56,20 +58,32 @@ async fn main() -> ExitCode {
             }
         });
     }
-    let server = match DhcpServer::bind(&cfg.dhcp, TemplateVars::from_config(&cfg), leases.clone(), bus) {
+    let server = match DhcpServer::bind(
+        &cfg.dhcp,
+        TemplateVars::from_config(&cfg),
+        leases.clone(),
+        bus,
+    ) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(1);
         }
     };
-    println!("listening {} server_ip {}", server.local_addr(), server.server_ip());
+    println!(
+        "listening {} server_ip {}",
+        server.local_addr(),
+        server.server_ip()
+    );
     let _ = std::io::stdout().flush();
     let token = CancellationToken::new();
     let stop = token.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {
@@ -82,6 +96,10 @@ async fn main() -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(1);
     }
-    eprintln!("stopped; {} lease records in {}", leases.len(), db_path.display());
+    eprintln!(
+        "stopped; {} lease records in {}",
+        leases.len(),
+        db_path.display()
+    );
     ExitCode::SUCCESS
 }

@@ -88,8 +88,13 @@ pub enum LeaseWrite {
 /// A lease database problem, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    #[error("cannot create the lease directory {path}: {source}; check the state directory's permissions")]
-    Dir { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot create the lease directory {path}: {source}; check the state directory's permissions"
+    )]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("lease database {path}: {source}")]
     Db { path: PathBuf, source: redb::Error },
 }
@@ -154,7 +159,10 @@ pub struct LeaseDb {
 
 impl std::fmt::Debug for LeaseDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaseDb").field("path", &self.inner.path).field("leases", &self.len()).finish()
+        f.debug_struct("LeaseDb")
+            .field("path", &self.inner.path)
+            .field("leases", &self.len())
+            .finish()
     }
 }
 
@@ -163,9 +171,15 @@ impl LeaseDb {
     /// After a crash redb repairs the file from its last committed state.
     pub fn open(path: &Path) -> Result<LeaseDb, LeaseError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| LeaseError::Dir { path: dir.to_path_buf(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| LeaseError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
-        let err = |e: redb::Error| LeaseError::Db { path: path.to_path_buf(), source: e };
+        let err = |e: redb::Error| LeaseError::Db {
+            path: path.to_path_buf(),
+            source: e,
+        };
         let db = redb::Database::create(path).map_err(|e| err(e.into()))?;
         let mut mirror = Mirror::default();
         {
@@ -187,7 +201,13 @@ impl LeaseDb {
                 tracing::warn!(path = %path.display(), bad, "skipped lease records this version cannot read");
             }
         }
-        Ok(LeaseDb { inner: Arc::new(Inner { path: path.to_path_buf(), db, mirror: RwLock::new(mirror) }) })
+        Ok(LeaseDb {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                db,
+                mirror: RwLock::new(mirror),
+            }),
+        })
     }
 
     /// The file this database lives in.
@@ -229,7 +249,11 @@ impl LeaseDb {
 
     /// Bound, unexpired leases at `now_ms`.
     pub fn active_count(&self, now_ms: u64) -> usize {
-        self.read().by_ip.values().filter(|l| l.is_active(now_ms)).count()
+        self.read()
+            .by_ip
+            .values()
+            .filter(|l| l.is_active(now_ms))
+            .count()
     }
 
     /// Applies a batch in one durable transaction (fsync before returning), then updates
@@ -238,7 +262,10 @@ impl LeaseDb {
         if batch.is_empty() {
             return Ok(());
         }
-        let err = |e: redb::Error| LeaseError::Db { path: self.inner.path.clone(), source: e };
+        let err = |e: redb::Error| LeaseError::Db {
+            path: self.inner.path.clone(),
+            source: e,
+        };
         let mut buf = Vec::with_capacity(64);
         {
             // The MAC → address view as it will be after each write of this batch, so
@@ -251,14 +278,21 @@ impl LeaseDb {
                 for w in batch {
                     match w {
                         LeaseWrite::Put(lease) => {
-                            let old = moved.get(&lease.mac).or_else(|| mirror.by_mac.get(&lease.mac)).copied();
+                            let old = moved
+                                .get(&lease.mac)
+                                .or_else(|| mirror.by_mac.get(&lease.mac))
+                                .copied();
                             if let Some(old_ip) = old
                                 && old_ip != lease.ip
                                 && lease.state != LeaseState::Declined
                             {
-                                let still_theirs = match table.get(u32::from(old_ip)).map_err(|e| err(e.into()))? {
-                                    Some(v) => decode(old_ip, v.value())
-                                        .is_some_and(|l| l.mac == lease.mac && l.state != LeaseState::Declined),
+                                let still_theirs = match table
+                                    .get(u32::from(old_ip))
+                                    .map_err(|e| err(e.into()))?
+                                {
+                                    Some(v) => decode(old_ip, v.value()).is_some_and(|l| {
+                                        l.mac == lease.mac && l.state != LeaseState::Declined
+                                    }),
                                     None => false,
                                 };
                                 if still_theirs {
@@ -266,7 +300,9 @@ impl LeaseDb {
                                 }
                             }
                             encode(lease, &mut buf);
-                            table.insert(u32::from(lease.ip), buf.as_slice()).map_err(|e| err(e.into()))?;
+                            table
+                                .insert(u32::from(lease.ip), buf.as_slice())
+                                .map_err(|e| err(e.into()))?;
                             if lease.state == LeaseState::Declined {
                                 if moved.get(&lease.mac) == Some(&lease.ip) {
                                     moved.remove(&lease.mac);
@@ -344,7 +380,14 @@ fn decode(ip: Ipv4Addr, b: &[u8]) -> Option<Lease> {
     };
     let model = text()?;
     let hostname = text()?;
-    Some(Lease { mac, ip, expires_at_ms, model, hostname, state })
+    Some(Lease {
+        mac,
+        ip,
+        expires_at_ms,
+        model,
+        hostname,
+        state,
+    })
 }
 
 #[cfg(test)]
@@ -357,7 +400,7 @@ mod tests {
             ip: Ipv4Addr::new(192, 0, 2, ip),
             expires_at_ms: 1_000_000 + u64::from(ip),
             model: Some("450HD".into()),
-            hostname: (mac % 2 == 0).then(|| "phone".to_string()),
+            hostname: mac.is_multiple_of(2).then(|| "phone".to_string()),
             state,
         }
     }
@@ -365,7 +408,10 @@ mod tests {
     #[test]
     fn encode_round_trip() {
         let mut buf = Vec::new();
-        for l in [lease(1, 10, LeaseState::Bound), lease(2, 11, LeaseState::Declined)] {
+        for l in [
+            lease(1, 10, LeaseState::Bound),
+            lease(2, 11, LeaseState::Declined),
+        ] {
             encode(&l, &mut buf);
             assert_eq!(decode(l.ip, &buf), Some(l));
         }
@@ -385,14 +431,16 @@ mod tests {
         let db = LeaseDb::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let a = lease(1, 10, LeaseState::Bound);
         let b = lease(2, 11, LeaseState::Bound);
-        db.apply(&[LeaseWrite::Put(a.clone()), LeaseWrite::Put(b.clone())]).unwrap_or_else(|e| panic!("{e}"));
+        db.apply(&[LeaseWrite::Put(a.clone()), LeaseWrite::Put(b.clone())])
+            .unwrap_or_else(|e| panic!("{e}"));
         // MAC 1 moves to .12 in the same batch as another write: its old record goes.
         let mut a2 = a.clone();
         a2.ip = Ipv4Addr::new(192, 0, 2, 12);
         // MAC 3 takes over .11 from MAC 2.
         let mut c = lease(3, 11, LeaseState::Bound);
         c.model = None;
-        db.apply(&[LeaseWrite::Put(a2.clone()), LeaseWrite::Put(c.clone())]).unwrap_or_else(|e| panic!("{e}"));
+        db.apply(&[LeaseWrite::Put(a2.clone()), LeaseWrite::Put(c.clone())])
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(db.by_mac(a.mac), Some(a2.clone()));
         assert_eq!(db.by_ip(a.ip), None);
         assert_eq!(db.by_ip(c.ip), Some(c.clone()));
@@ -401,7 +449,8 @@ mod tests {
         let db = LeaseDb::open(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(db.all(), vec![c.clone(), a2.clone()]);
         assert_eq!(db.by_mac(a.mac), Some(a2));
-        db.apply(&[LeaseWrite::Remove(c.ip)]).unwrap_or_else(|e| panic!("{e}"));
+        db.apply(&[LeaseWrite::Remove(c.ip)])
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(db.len(), 1);
         assert_eq!(db.active_count(0), 1);
         assert_eq!(db.active_count(u64::MAX), 0);

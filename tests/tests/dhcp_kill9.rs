@@ -36,7 +36,9 @@ fn start(config: &std::path::Path) -> Server {
         .unwrap_or_else(|e| panic!("start dhcpd: {e}"));
     let out = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap_or_else(|e| panic!("read dhcpd stdout: {e}"));
+    BufReader::new(out)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("read dhcpd stdout: {e}"));
     let addr: SocketAddr = line
         .split_whitespace()
         .nth(1)
@@ -57,7 +59,9 @@ async fn acked_leases_survive_kill_9() {
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let bin = tokio::task::spawn_blocking(dhcpd).await.unwrap_or_else(|e| panic!("{e}"));
+    let bin = tokio::task::spawn_blocking(dhcpd)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(bin.exists());
     let mut server = tokio::task::spawn_blocking({
         let c = config.clone();
@@ -67,7 +71,8 @@ async fn acked_leases_survive_kill_9() {
     .unwrap_or_else(|e| panic!("{e}"));
 
     // 32 phones at a time, each running through its own MACs.
-    let acked: Arc<Mutex<Vec<([u8; 6], Ipv4Addr)>>> = Arc::default();
+    type Record = Arc<Mutex<Vec<([u8; 6], Ipv4Addr)>>>;
+    let acked: Record = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for t in 0..32u8 {
@@ -81,7 +86,10 @@ async fn acked_leases_survive_kill_9() {
                 if let Some(ack) = p.dora().await
                     && ack.opts().msg_type() == Some(MessageType::Ack)
                 {
-                    acked.lock().unwrap_or_else(|e| e.into_inner()).push((p.mac, ack.yiaddr()));
+                    acked
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((p.mac, ack.yiaddr()));
                 }
             }
         }));
@@ -100,7 +108,11 @@ async fn acked_leases_survive_kill_9() {
         t.await.unwrap_or_else(|e| panic!("{e}"));
     }
     let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    assert!(acked.len() >= 400, "only {} ACKs before the kill", acked.len());
+    assert!(
+        acked.len() >= 400,
+        "only {} ACKs before the kill",
+        acked.len()
+    );
     assert!(acked.len() < 3200, "the kill came after the load ended");
 
     // Every acknowledged lease is in the database.
@@ -112,16 +124,30 @@ async fn acked_leases_survive_kill_9() {
             other => missing.push((MacAddr(*mac), *ip, other)),
         }
     }
-    assert!(missing.is_empty(), "{} of {} ACKed leases lost: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} ACKed leases lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
     drop(db);
 
     // Restart: the phones keep their addresses (INIT-REBOOT is acknowledged).
-    let server = tokio::task::spawn_blocking(move || start(&config)).await.unwrap_or_else(|e| panic!("{e}"));
+    let server = tokio::task::spawn_blocking(move || start(&config))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     for (mac, ip) in acked.iter().step_by(acked.len() / 20) {
         let mut p = Phone::new(server.1, *mac, Some("450HD")).await;
         let req = p.message(MessageType::Request, Ipv4Addr::UNSPECIFIED, Some(*ip), None);
-        let (ack, _) = p.exchange(req, Duration::from_secs(5)).await.unwrap_or_else(|| panic!("no reply after restart"));
-        assert_eq!((ack.opts().msg_type(), ack.yiaddr()), (Some(MessageType::Ack), *ip));
+        let (ack, _) = p
+            .exchange(req, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("no reply after restart"));
+        assert_eq!(
+            (ack.opts().msg_type(), ack.yiaddr()),
+            (Some(MessageType::Ack), *ip)
+        );
     }
     drop(server);
 }

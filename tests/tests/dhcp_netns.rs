@@ -17,12 +17,19 @@ use dhcp_support::dhcpd;
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(st.success(), "{args:?} failed");
 }
 
@@ -46,10 +53,21 @@ impl Net {
         };
         sh(&["ip", "netns", "add", &n.srv]);
         sh(&["ip", "netns", "add", &n.cli]);
-        sh(&["ip", "link", "add", &n.sif, "type", "veth", "peer", "name", &n.cif]);
+        sh(&[
+            "ip", "link", "add", &n.sif, "type", "veth", "peer", "name", &n.cif,
+        ]);
         sh(&["ip", "link", "set", &n.sif, "netns", &n.srv]);
         sh(&["ip", "link", "set", &n.cif, "netns", &n.cli]);
-        sh(&["ip", "-n", &n.srv, "addr", "add", "198.18.0.1/16", "dev", &n.sif]);
+        sh(&[
+            "ip",
+            "-n",
+            &n.srv,
+            "addr",
+            "add",
+            "198.18.0.1/16",
+            "dev",
+            &n.sif,
+        ]);
         for (ns, ifc) in [(&n.srv, &n.sif), (&n.cli, &n.cif)] {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
             sh(&["ip", "-n", ns, "link", "set", ifc, "up"]);
@@ -59,15 +77,21 @@ impl Net {
 
     fn set_client_mac(&self, mac: &str) {
         sh(&["ip", "-n", &self.cli, "link", "set", &self.cif, "down"]);
-        sh(&["ip", "-n", &self.cli, "link", "set", &self.cif, "address", mac]);
+        sh(&[
+            "ip", "-n", &self.cli, "link", "set", &self.cif, "address", mac,
+        ]);
         sh(&["ip", "-n", &self.cli, "link", "set", &self.cif, "up"]);
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.srv]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.cli]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.srv])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.cli])
+            .status();
     }
 }
 
@@ -126,8 +150,13 @@ ip = "198.18.5.77"
         .unwrap_or_else(|e| panic!("start dhcpd: {e}"));
     let out = child.stdout.take().unwrap_or_else(|| panic!("stdout"));
     let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap_or_else(|e| panic!("{e}"));
-    assert!(line.starts_with("listening 0.0.0.0:67 server_ip 198.18.0.1"), "dhcpd said {line:?}");
+    BufReader::new(out)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        line.starts_with("listening 0.0.0.0:67 server_ip 198.18.0.1"),
+        "dhcpd said {line:?}"
+    );
     Server(child)
 }
 
@@ -136,11 +165,20 @@ fn udhcpc(net: &Net, dir: &Path, extra: &[&str]) -> HashMap<String, String> {
     let out = dir.join("udhcpc.env");
     let _ = std::fs::remove_file(&out);
     let script = dir.join("udhcpc.sh");
-    std::fs::write(&script, format!("#!/bin/sh\n[ \"$1\" = bound ] && env > {}\nexit 0\n", out.display()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && env > {}\nexit 0\n",
+            out.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     sh(&["chmod", "+x", &script.to_string_lossy()]);
     let st = Command::new("timeout")
-        .args(["30", "ip", "netns", "exec", &net.cli, "busybox", "udhcpc", "-i", &net.cif, "-f", "-q", "-n", "-t", "5", "-T", "1"])
+        .args([
+            "30", "ip", "netns", "exec", &net.cli, "busybox", "udhcpc", "-i", &net.cif, "-f", "-q",
+            "-n", "-t", "5", "-T", "1",
+        ])
         .args(["-s", &script.to_string_lossy()])
         .args(extra)
         .status()
@@ -153,7 +191,10 @@ fn read_env(path: &Path) -> HashMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect()
 }
 
@@ -161,16 +202,21 @@ fn read_env(path: &Path) -> HashMap<String, String> {
 fn opt_text(env: &HashMap<String, String>, code: u8) -> Option<String> {
     let v = env.get(&format!("opt{code}"))?;
     match hex_decode(v) {
-        Some(b) => Some(String::from_utf8(b).unwrap_or_else(|e| panic!("option {code} is not text: {e}"))),
+        Some(b) => {
+            Some(String::from_utf8(b).unwrap_or_else(|e| panic!("option {code} is not text: {e}")))
+        }
         None => Some(v.clone()),
     }
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 #[test]
@@ -185,19 +231,52 @@ fn udhcpc_models_reservation_and_restart() {
     let mut server = start_server(&net, dir.path());
 
     // 450HD asking for 160: unicast reply (no broadcast flag; the server adds an ARP entry).
-    let env = udhcpc(&net, dir.path(), &["-V", "450HD", "-O", "160", "-O", "66", "-O", "67"]);
-    let ip = env.get("ip").cloned().unwrap_or_else(|| panic!("no ip in {env:?}"));
+    let env = udhcpc(
+        &net,
+        dir.path(),
+        &["-V", "450HD", "-O", "160", "-O", "66", "-O", "67"],
+    );
+    let ip = env
+        .get("ip")
+        .cloned()
+        .unwrap_or_else(|| panic!("no ip in {env:?}"));
     assert!(ip.starts_with("198.18.5."), "{ip}");
-    assert_eq!(opt_text(&env, 160).as_deref(), Some("https://198.18.0.1/450HD.img;<MAC>.cfg"), "{env:?}");
+    assert_eq!(
+        opt_text(&env, 160).as_deref(),
+        Some("https://198.18.0.1/450HD.img;<MAC>.cfg"),
+        "{env:?}"
+    );
     assert_eq!(env.get("serverid").map(String::as_str), Some("198.18.0.1"));
     assert_eq!(env.get("router").map(String::as_str), Some("198.18.0.1"));
     assert_eq!(env.get("subnet").map(String::as_str), Some("255.255.0.0"));
 
     // The same MAC as a 445HD, broadcast flag set: same address, 66/67 and no 160.
-    let env = udhcpc(&net, dir.path(), &["-B", "-V", "AUDC-445HD", "-O", "160", "-O", "66", "-O", "67"]);
+    let env = udhcpc(
+        &net,
+        dir.path(),
+        &[
+            "-B",
+            "-V",
+            "AUDC-445HD",
+            "-O",
+            "160",
+            "-O",
+            "66",
+            "-O",
+            "67",
+        ],
+    );
     assert_eq!(env.get("ip"), Some(&ip), "a MAC keeps its address");
-    assert_eq!(env.get("tftp").map(String::as_str), Some("198.18.0.1"), "{env:?}");
-    assert_eq!(env.get("bootfile").map(String::as_str), Some("445HD.img"), "{env:?}");
+    assert_eq!(
+        env.get("tftp").map(String::as_str),
+        Some("198.18.0.1"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("bootfile").map(String::as_str),
+        Some("445HD.img"),
+        "{env:?}"
+    );
     assert_eq!(opt_text(&env, 160), None);
 
     // A reserved MAC gets its address.
@@ -214,7 +293,11 @@ fn udhcpc_models_reservation_and_restart() {
     assert_eq!(env.get("ip").map(String::as_str), Some("198.18.5.77"));
     net.set_client_mac("00:90:8f:00:00:41");
     let env = udhcpc(&net, dir.path(), &["-V", "450HD"]);
-    assert_eq!(env.get("ip"), Some(&ip), "the pool lease survived the SIGKILL");
+    assert_eq!(
+        env.get("ip"),
+        Some(&ip),
+        "the pool lease survived the SIGKILL"
+    );
 }
 
 #[test]
@@ -235,8 +318,15 @@ fn dhclient_lease_options_and_init_reboot() {
     .unwrap_or_else(|e| panic!("{e}"));
     let env_file = dir.path().join("dhclient.env");
     let script = dir.path().join("dhclient.sh");
-    std::fs::write(&script, format!("#!/bin/sh\nenv >> {}\necho --- >> {}\nexit 0\n", env_file.display(), env_file.display()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv >> {}\necho --- >> {}\nexit 0\n",
+            env_file.display(),
+            env_file.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     sh(&["chmod", "+x", &script.to_string_lossy()]);
     let lease_file = dir.path().join("dhclient.leases");
     let run = |want: &str| -> HashMap<String, String> {
@@ -260,7 +350,9 @@ fn dhclient_lease_options_and_init_reboot() {
         let mut found = None;
         while Instant::now() < deadline {
             if let Ok(text) = std::fs::read_to_string(&env_file)
-                && let Some(block) = text.split("---").find(|b| b.contains(&format!("reason={want}\n")))
+                && let Some(block) = text
+                    .split("---")
+                    .find(|b| b.contains(&format!("reason={want}\n")))
             {
                 found = Some(block.to_string());
                 break;
@@ -270,19 +362,38 @@ fn dhclient_lease_options_and_init_reboot() {
         let _ = child.kill();
         let _ = child.wait();
         let block = found.unwrap_or_else(|| {
-            panic!("dhclient never reported {want}: {}", std::fs::read_to_string(&env_file).unwrap_or_default())
+            panic!(
+                "dhclient never reported {want}: {}",
+                std::fs::read_to_string(&env_file).unwrap_or_default()
+            )
         });
         block
             .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect()
     };
     let env = run("BOUND");
-    let ip = env.get("new_ip_address").cloned().unwrap_or_else(|| panic!("{env:?}"));
+    let ip = env
+        .get("new_ip_address")
+        .cloned()
+        .unwrap_or_else(|| panic!("{env:?}"));
     assert!(ip.starts_with("198.18.5."), "{ip}");
-    assert_eq!(env.get("new_provisioning_url").map(String::as_str), Some("https://198.18.0.1/450HD.img;<MAC>.cfg"), "{env:?}");
-    assert_eq!(env.get("new_dhcp_server_identifier").map(String::as_str), Some("198.18.0.1"));
-    assert_eq!(env.get("new_dhcp_lease_time").map(String::as_str), Some("600"));
+    assert_eq!(
+        env.get("new_provisioning_url").map(String::as_str),
+        Some("https://198.18.0.1/450HD.img;<MAC>.cfg"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp_server_identifier").map(String::as_str),
+        Some("198.18.0.1")
+    );
+    assert_eq!(
+        env.get("new_dhcp_lease_time").map(String::as_str),
+        Some("600")
+    );
     // Second run with the lease file: INIT-REBOOT (REQUEST with option 50, no server id).
     let env = run("REBOOT");
     assert_eq!(env.get("new_ip_address"), Some(&ip));

@@ -37,7 +37,11 @@ pub enum Action {
     /// Send now (OFFER, NAK, the ACK to an INFORM).
     Send { spec: ReplySpec, dest: Dest },
     /// Make the lease durable, then send the ACK.
-    CommitThenSend { lease: Lease, spec: ReplySpec, dest: Dest },
+    CommitThenSend {
+        lease: Lease,
+        spec: ReplySpec,
+        dest: Dest,
+    },
     /// Make these durable; no reply (RELEASE, DECLINE).
     Commit(Vec<LeaseWrite>),
     /// Nothing to do; the label says why (a metrics label).
@@ -78,7 +82,10 @@ impl Request<'_> {
 /// a relay is always broadcast.
 pub fn dest_for(req: &Request<'_>, msg: MessageType, yiaddr: Ipv4Addr) -> Dest {
     if !req.giaddr.is_unspecified() {
-        return Dest::Relay { giaddr: req.giaddr, source_port: req.relay.as_ref().is_some_and(|r| r.source_port) };
+        return Dest::Relay {
+            giaddr: req.giaddr,
+            source_port: req.relay.as_ref().is_some_and(|r| r.source_port),
+        };
     }
     if msg == MessageType::Nak {
         return Dest::Broadcast;
@@ -93,7 +100,10 @@ pub fn dest_for(req: &Request<'_>, msg: MessageType, yiaddr: Ipv4Addr) -> Dest {
 }
 
 fn ignore(reason: &'static str, info: Info) -> Decision {
-    Decision { action: Action::Ignore(reason), info }
+    Decision {
+        action: Action::Ignore(reason),
+        info,
+    }
 }
 
 /// Decides the answer to one request and updates the in-memory table accordingly.
@@ -103,7 +113,10 @@ pub fn decide(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now_ms: u
     // A relayed request must come from our subnet: that is how its pool is chosen, and
     // a relay elsewhere would be handed addresses it cannot route.
     if !req.giaddr.is_unspecified() && !p.subnet.contains(req.giaddr) {
-        info.reason = Some(format!("relay {} is outside the subnet {}", req.giaddr, p.subnet));
+        info.reason = Some(format!(
+            "relay {} is outside the subnet {}",
+            req.giaddr, p.subnet
+        ));
         return ignore("giaddr_outside_subnet", info);
     }
     match req.msg_type {
@@ -122,7 +135,14 @@ fn fill(info: &mut Info, pl: &super::options::Plan) {
     info.provisioning = pl.provisioning.clone();
 }
 
-fn discover(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now: u64, view: &ClientView<'_>, mut info: Info) -> Decision {
+fn discover(
+    req: &Request<'_>,
+    table: &mut LeaseTable,
+    p: &Prepared,
+    now: u64,
+    view: &ClientView<'_>,
+    mut info: Info,
+) -> Decision {
     let pl = plan(p, view, true, false);
     fill(&mut info, &pl);
     let Some(ip) = table.pick(req.mac, req.requested_ip, now) else {
@@ -132,11 +152,30 @@ fn discover(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now: u64, v
     // Hold the address for the client, unless it already holds it for longer.
     match table.slot(ip) {
         Some(s) if s.mac == req.mac && s.state == SlotState::Bound && s.expires_ms > now => {}
-        _ => table.set(ip, Slot { mac: req.mac, state: SlotState::Offered, expires_ms: now + OFFER_HOLD_MS }),
+        _ => table.set(
+            ip,
+            Slot {
+                mac: req.mac,
+                state: SlotState::Offered,
+                expires_ms: now + OFFER_HOLD_MS,
+            },
+        ),
     }
     info.ip = Some(ip);
-    let spec = ReplySpec { msg_type: MessageType::Offer, yiaddr: ip, ciaddr: Ipv4Addr::UNSPECIFIED, siaddr: p.server_ip, options: pl.options };
-    Decision { action: Action::Send { dest: dest_for(req, MessageType::Offer, ip), spec }, info }
+    let spec = ReplySpec {
+        msg_type: MessageType::Offer,
+        yiaddr: ip,
+        ciaddr: Ipv4Addr::UNSPECIFIED,
+        siaddr: p.server_ip,
+        options: pl.options,
+    };
+    Decision {
+        action: Action::Send {
+            dest: dest_for(req, MessageType::Offer, ip),
+            spec,
+        },
+        info,
+    }
 }
 
 fn nak(req: &Request<'_>, p: &Prepared, mut info: Info, why: String) -> Decision {
@@ -150,10 +189,23 @@ fn nak(req: &Request<'_>, p: &Prepared, mut info: Info, why: String) -> Decision
     };
     let _ = p;
     info.reason = Some(why);
-    Decision { action: Action::Send { dest: dest_for(req, MessageType::Nak, Ipv4Addr::UNSPECIFIED), spec }, info }
+    Decision {
+        action: Action::Send {
+            dest: dest_for(req, MessageType::Nak, Ipv4Addr::UNSPECIFIED),
+            spec,
+        },
+        info,
+    }
 }
 
-fn request(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now: u64, view: &ClientView<'_>, mut info: Info) -> Decision {
+fn request(
+    req: &Request<'_>,
+    table: &mut LeaseTable,
+    p: &Prepared,
+    now: u64,
+    view: &ClientView<'_>,
+    mut info: Info,
+) -> Decision {
     // Which state the client is in (RFC 2131 §4.3.2) decides where the address is.
     let ip = match (req.server_id, req.requested_ip) {
         // SELECTING: answering an OFFER, ours or another server's.
@@ -179,12 +231,19 @@ fn request(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now: u64, vi
     };
     info.ip = Some(ip);
     if !p.subnet.contains(ip) {
-        return nak(req, p, info, format!("{ip} is not in this network ({})", p.subnet));
+        return nak(
+            req,
+            p,
+            info,
+            format!("{ip} is not in this network ({})", p.subnet),
+        );
     }
     if !table.available(ip, req.mac, now) {
         let why = match table.reservation(req.mac) {
             Some(r) if r != ip => format!("{} is reserved {r}", req.mac),
-            _ if !table.in_pool(ip) && table.reservation(req.mac).is_none() => format!("{ip} is not in the pool"),
+            _ if !table.in_pool(ip) && table.reservation(req.mac).is_none() => {
+                format!("{ip} is not in the pool")
+            }
             _ => format!("{ip} is in use by another client"),
         };
         return nak(req, p, info, why);
@@ -192,7 +251,14 @@ fn request(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now: u64, vi
     let pl = plan(p, view, true, false);
     fill(&mut info, &pl);
     let expires_at_ms = now + u64::from(p.lease_secs) * 1000;
-    table.set(ip, Slot { mac: req.mac, state: SlotState::Bound, expires_ms: expires_at_ms });
+    table.set(
+        ip,
+        Slot {
+            mac: req.mac,
+            state: SlotState::Bound,
+            expires_ms: expires_at_ms,
+        },
+    );
     let lease = Lease {
         mac: req.mac,
         ip,
@@ -201,11 +267,30 @@ fn request(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now: u64, vi
         hostname: req.hostname.as_deref().map(text).filter(|h| !h.is_empty()),
         state: LeaseState::Bound,
     };
-    let spec = ReplySpec { msg_type: MessageType::Ack, yiaddr: ip, ciaddr: req.ciaddr, siaddr: p.server_ip, options: pl.options };
-    Decision { action: Action::CommitThenSend { lease, dest: dest_for(req, MessageType::Ack, ip), spec }, info }
+    let spec = ReplySpec {
+        msg_type: MessageType::Ack,
+        yiaddr: ip,
+        ciaddr: req.ciaddr,
+        siaddr: p.server_ip,
+        options: pl.options,
+    };
+    Decision {
+        action: Action::CommitThenSend {
+            lease,
+            dest: dest_for(req, MessageType::Ack, ip),
+            spec,
+        },
+        info,
+    }
 }
 
-fn release(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now: u64, mut info: Info) -> Decision {
+fn release(
+    req: &Request<'_>,
+    table: &mut LeaseTable,
+    p: &Prepared,
+    now: u64,
+    mut info: Info,
+) -> Decision {
     let ip = req.ciaddr;
     info.ip = Some(ip);
     if req.server_id.is_some_and(|s| s != p.server_ip) {
@@ -214,9 +299,26 @@ fn release(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now: u64, mu
     match table.slot(ip) {
         Some(s) if s.mac == req.mac && s.state == SlotState::Bound => {
             // The MAC keeps its claim (it gets the address back if nobody took it).
-            table.set(ip, Slot { mac: req.mac, state: SlotState::Released, expires_ms: now });
-            let lease = Lease { mac: req.mac, ip, expires_at_ms: now, model: None, hostname: None, state: LeaseState::Released };
-            Decision { action: Action::Commit(vec![LeaseWrite::Put(lease)]), info }
+            table.set(
+                ip,
+                Slot {
+                    mac: req.mac,
+                    state: SlotState::Released,
+                    expires_ms: now,
+                },
+            );
+            let lease = Lease {
+                mac: req.mac,
+                ip,
+                expires_at_ms: now,
+                model: None,
+                hostname: None,
+                state: LeaseState::Released,
+            };
+            Decision {
+                action: Action::Commit(vec![LeaseWrite::Put(lease)]),
+                info,
+            }
         }
         _ => {
             info.reason = Some(format!("{ip} is not leased to {}", req.mac));
@@ -225,7 +327,14 @@ fn release(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now: u64, mu
     }
 }
 
-fn decline(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now: u64, view: &ClientView<'_>, mut info: Info) -> Decision {
+fn decline(
+    req: &Request<'_>,
+    table: &mut LeaseTable,
+    p: &Prepared,
+    now: u64,
+    view: &ClientView<'_>,
+    mut info: Info,
+) -> Decision {
     let Some(ip) = req.requested_ip else {
         info.reason = Some("DECLINE without option 50".into());
         return ignore("decline_without_address", info);
@@ -237,11 +346,28 @@ fn decline(req: &Request<'_>, table: &mut LeaseTable, p: &Prepared, now: u64, vi
     match table.slot(ip) {
         Some(s) if s.mac == req.mac && matches!(s.state, SlotState::Bound | SlotState::Offered) => {
             let until = now + p.decline_quarantine_ms;
-            table.set(ip, Slot { mac: req.mac, state: SlotState::Declined, expires_ms: until });
+            table.set(
+                ip,
+                Slot {
+                    mac: req.mac,
+                    state: SlotState::Declined,
+                    expires_ms: until,
+                },
+            );
             info.reason = Some(format!("{ip} is in use on the network; quarantined"));
             info.model = super::policy::detect_model(view.vendor_class, view.user_class);
-            let lease = Lease { mac: req.mac, ip, expires_at_ms: until, model: None, hostname: None, state: LeaseState::Declined };
-            Decision { action: Action::Commit(vec![LeaseWrite::Put(lease)]), info }
+            let lease = Lease {
+                mac: req.mac,
+                ip,
+                expires_at_ms: until,
+                model: None,
+                hostname: None,
+                state: LeaseState::Declined,
+            };
+            Decision {
+                action: Action::Commit(vec![LeaseWrite::Put(lease)]),
+                info,
+            }
         }
         _ => {
             info.reason = Some(format!("{ip} was not given to {}", req.mac));
@@ -255,8 +381,20 @@ fn inform(req: &Request<'_>, p: &Prepared, view: &ClientView<'_>, mut info: Info
     fill(&mut info, &pl);
     info.ip = (!req.ciaddr.is_unspecified()).then_some(req.ciaddr);
     // RFC 2131 §4.3.5: no yiaddr, no lease time; to ciaddr (or the relay).
-    let spec = ReplySpec { msg_type: MessageType::Ack, yiaddr: Ipv4Addr::UNSPECIFIED, ciaddr: req.ciaddr, siaddr: p.server_ip, options: pl.options };
-    Decision { action: Action::Send { dest: dest_for(req, MessageType::Ack, Ipv4Addr::UNSPECIFIED), spec }, info }
+    let spec = ReplySpec {
+        msg_type: MessageType::Ack,
+        yiaddr: Ipv4Addr::UNSPECIFIED,
+        ciaddr: req.ciaddr,
+        siaddr: p.server_ip,
+        options: pl.options,
+    };
+    Decision {
+        action: Action::Send {
+            dest: dest_for(req, MessageType::Ack, Ipv4Addr::UNSPECIFIED),
+            spec,
+        },
+        info,
+    }
 }
 
 #[cfg(test)]

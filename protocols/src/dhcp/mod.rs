@@ -24,8 +24,8 @@ pub mod wire;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 
-use provbox_config::{DhcpConfig, Ipv4Net, MacAddr};
 pub use provbox_config::TemplateVars;
+use provbox_config::{DhcpConfig, Ipv4Net, MacAddr};
 
 pub use server::DhcpServer;
 
@@ -33,14 +33,24 @@ pub use server::DhcpServer;
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
     #[error("`dhcp.{field}`: {message}")]
-    Config { field: &'static str, message: String },
+    Config {
+        field: &'static str,
+        message: String,
+    },
     #[error(
         "cannot bind the DHCP socket to {addr}{}: {source}; port 67 needs root or CAP_NET_BIND_SERVICE, and an interface binding needs CAP_NET_RAW on old kernels",
         interface.as_ref().map(|i| format!(" on interface {i}")).unwrap_or_default()
     )]
-    Bind { addr: SocketAddr, interface: Option<String>, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        interface: Option<String>,
+        source: std::io::Error,
+    },
     #[error("DHCP socket ({what}): {source}")]
-    Socket { what: &'static str, source: std::io::Error },
+    Socket {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// What `provbox check` prints for one model or MAC.
@@ -71,7 +81,15 @@ impl fmt::Display for Explanation {
             (Some(m), _) => write!(f, ", options 60/77 \"{m}\"")?,
             (None, _) => write!(f, ", no options 60/77")?,
         }
-        writeln!(f, ", option 55 {} 160", if self.requested_160 { "asks for" } else { "does not ask for" })?;
+        writeln!(
+            f,
+            ", option 55 {} 160",
+            if self.requested_160 {
+                "asks for"
+            } else {
+                "does not ask for"
+            }
+        )?;
         match &self.policy {
             Some((name, why)) => writeln!(f, "policy: \"{name}\", because {why}")?,
             None => writeln!(f, "policy: none matched; the [dhcp] defaults apply")?,
@@ -105,7 +123,10 @@ pub fn explain(
     let subnet = cfg
         .subnet
         .or_else(|| Ipv4Net::from_mask(server_ip, cfg.subnet_mask))
-        .unwrap_or(Ipv4Net { addr: Ipv4Addr::UNSPECIFIED, prefix: 0 });
+        .unwrap_or(Ipv4Net {
+            addr: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+        });
     let prep = options::Prepared::new(cfg, server_ip, subnet, vars.clone());
     if mac.is_none() {
         notes.push("no MAC given: policies that match a MAC or MAC prefix were tried against 00:00:00:00:00:00".into());
@@ -141,9 +162,15 @@ pub fn explain(
         model: model.map(str::to_string),
         detected_model: plan.model.clone(),
         requested_160,
-        policy: plan.policy.as_ref().map(|(_, n, why)| (n.clone(), why.clone())),
+        policy: plan
+            .policy
+            .as_ref()
+            .map(|(_, n, why)| (n.clone(), why.clone())),
         address,
-        options: opts.iter().map(|(c, d)| (*c, options::option_name(*c), options::option_value(*c, d))).collect(),
+        options: opts
+            .iter()
+            .map(|(c, d)| (*c, options::option_name(*c), options::option_value(*c, d)))
+            .collect(),
         notes,
     }
 }
@@ -157,23 +184,60 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../provbox.example.toml");
         let c = provbox_config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let vars = TemplateVars::from_config(&c);
-        let mac: MacAddr = "00:90:8f:12:34:56".parse().unwrap_or_else(|e| panic!("{e}"));
+        let mac: MacAddr = "00:90:8f:12:34:56"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
         let e = explain(&c.dhcp, &vars, Some("450HD"), Some(mac), true);
         let s = e.to_string();
-        assert!(s.contains("policy: \"450HD over HTTPS\", because option 60 \"450HD\" contains \"450HD\""), "{s}");
-        assert!(s.contains("160  provisioning URL       https://192.0.2.1/450HD.img;<MAC>.cfg"), "{s}");
+        assert!(
+            s.contains(
+                "policy: \"450HD over HTTPS\", because option 60 \"450HD\" contains \"450HD\""
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("160  provisioning URL       https://192.0.2.1/450HD.img;<MAC>.cfg"),
+            "{s}"
+        );
         assert!(s.contains("192.0.2.50 (reserved"), "{s}");
         assert!(s.contains(" 42  NTP servers            192.0.2.1"), "{s}");
         // 445HD: the policy sets 66/67 only, so no 160 even though it was asked for.
         let e = explain(&c.dhcp, &vars, Some("445HD"), None, true);
-        assert!(e.options.iter().any(|(c, _, v)| *c == 66 && v == "192.0.2.1"), "{e}");
-        assert!(e.options.iter().any(|(c, _, v)| *c == 67 && v == "445HD.img"), "{e}");
+        assert!(
+            e.options
+                .iter()
+                .any(|(c, _, v)| *c == 66 && v == "192.0.2.1"),
+            "{e}"
+        );
+        assert!(
+            e.options
+                .iter()
+                .any(|(c, _, v)| *c == 67 && v == "445HD.img"),
+            "{e}"
+        );
         assert!(!e.options.iter().any(|(c, ..)| *c == 160), "{e}");
         // An unknown model and a foreign MAC: defaults, {model} left for the phone.
-        let e = explain(&c.dhcp, &vars, Some("SomethingElse"), Some(MacAddr([2, 0, 0, 0, 0, 1])), true);
+        let e = explain(
+            &c.dhcp,
+            &vars,
+            Some("SomethingElse"),
+            Some(MacAddr([2, 0, 0, 0, 0, 1])),
+            true,
+        );
         assert!(e.policy.is_none());
-        assert!(e.options.iter().any(|(c, _, v)| *c == 160 && v == "http://192.0.2.1/SomethingElse.img;<MAC>.cfg"), "{e}");
-        let e = explain(&c.dhcp, &vars, None, Some(MacAddr([2, 0, 0, 0, 0, 1])), false);
+        assert!(
+            e.options
+                .iter()
+                .any(|(c, _, v)| *c == 160 && v == "http://192.0.2.1/SomethingElse.img;<MAC>.cfg"),
+            "{e}"
+        );
+        let e = explain(
+            &c.dhcp,
+            &vars,
+            None,
+            Some(MacAddr([2, 0, 0, 0, 0, 1])),
+            false,
+        );
         assert!(!e.options.iter().any(|(c, ..)| *c == 160), "{e}");
         assert!(e.to_string().contains("option 160 left out"), "{e}");
     }

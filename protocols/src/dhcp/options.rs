@@ -58,7 +58,12 @@ fn secs(d: std::time::Duration) -> u32 {
 impl Prepared {
     /// `server_ip` and `subnet` are resolved by the caller (config, or the bound
     /// interface); `vars.server` empty means "server_ip".
-    pub fn new(cfg: &DhcpConfig, server_ip: Ipv4Addr, subnet: Ipv4Net, mut vars: TemplateVars) -> Self {
+    pub fn new(
+        cfg: &DhcpConfig,
+        server_ip: Ipv4Addr,
+        subnet: Ipv4Net,
+        mut vars: TemplateVars,
+    ) -> Self {
         if vars.server.is_empty() {
             vars.server = server_ip.to_string();
         }
@@ -109,7 +114,11 @@ impl Prepared {
                 })
                 .collect(),
             standard,
-            hostnames: cfg.reservations.iter().filter_map(|r| r.hostname.clone().map(|h| (r.mac, h))).collect(),
+            hostnames: cfg
+                .reservations
+                .iter()
+                .filter_map(|r| r.hostname.clone().map(|h| (r.mac, h)))
+                .collect(),
         }
     }
 }
@@ -132,7 +141,10 @@ pub struct Plan {
 /// Plans the options of a reply. `lease`: include 51/58/59 (not for INFORM).
 pub fn plan(p: &Prepared, c: &ClientView<'_>, lease: bool, why: bool) -> Plan {
     let model = detect_model(c.vendor_class, c.user_class);
-    let policy = p.policies.select(c, why).map(|(i, n, r)| (i, n.to_string(), r));
+    let policy = p
+        .policies
+        .select(c, why)
+        .map(|(i, n, r)| (i, n.to_string(), r));
     let prov = match &policy {
         Some((i, ..)) => p.by_policy.get(*i).unwrap_or(&p.defaults),
         None => &p.defaults,
@@ -154,7 +166,10 @@ pub fn plan(p: &Prepared, c: &ClientView<'_>, lease: bool, why: bool) -> Plan {
     let mut add = |code: u8, template: &Option<String>, options: &mut Vec<(u8, Vec<u8>)>| {
         if let Some(t) = template {
             // NULs cannot come from a validated config; strip them anyway, never send one.
-            let v: String = expand_template(t, &p.vars, &mac, model_text).chars().filter(|c| *c != '\0').collect();
+            let v: String = expand_template(t, &p.vars, &mac, model_text)
+                .chars()
+                .filter(|c| *c != '\0')
+                .collect();
             options.retain(|(c, _)| *c != code);
             options.push((code, v.clone().into_bytes()));
             provisioning.push((code, v));
@@ -176,7 +191,13 @@ pub fn plan(p: &Prepared, c: &ClientView<'_>, lease: bool, why: bool) -> Plan {
         options.retain(|(c, _)| c != code);
         options.push((*code, data.clone()));
     }
-    Plan { model, policy, options, provisioning, notes }
+    Plan {
+        model,
+        policy,
+        options,
+        provisioning,
+        notes,
+    }
 }
 
 /// A name for an option number, for `provbox check`.
@@ -209,8 +230,11 @@ pub fn option_name(code: u8) -> &'static str {
 /// An option's value as text, for `provbox check` and events.
 pub fn option_value(code: u8, data: &[u8]) -> String {
     let ip_list = |d: &[u8]| -> Option<String> {
-        (!d.is_empty() && d.len() % 4 == 0).then(|| {
-            d.chunks(4).map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]).to_string()).collect::<Vec<_>>().join(", ")
+        (!d.is_empty() && d.len().is_multiple_of(4)).then(|| {
+            d.chunks(4)
+                .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         })
     };
     match code {

@@ -10,11 +10,13 @@ use std::fmt::Write as _;
 use provbox_config::{DhcpConfig, MacAddr, MacPrefix, Policy};
 
 /// 400HD models, longest first so `C450HD` wins over `450HD` and `405HD` over `405`.
-pub const KNOWN_MODELS: [&str; 11] =
-    ["C450HD", "405HD", "420HD", "430HD", "440HD", "445HD", "450HD", "310HD", "RX50", "HRS", "405"];
+pub const KNOWN_MODELS: [&str; 11] = [
+    "C450HD", "405HD", "420HD", "430HD", "440HD", "445HD", "450HD", "310HD", "RX50", "HRS", "405",
+];
 /// The same, lowercased (matching runs per packet and must not allocate).
-const KNOWN_LOWER: [&str; 11] =
-    ["c450hd", "405hd", "420hd", "430hd", "440hd", "445hd", "450hd", "310hd", "rx50", "hrs", "405"];
+const KNOWN_LOWER: [&str; 11] = [
+    "c450hd", "405hd", "420hd", "430hd", "440hd", "445hd", "450hd", "310hd", "rx50", "hrs", "405",
+];
 
 /// What a client says about itself, borrowed from its request (or made up by `explain`).
 #[derive(Debug, Clone, Copy)]
@@ -33,8 +35,14 @@ pub struct ClientView<'a> {
 
 /// Trailing NULs and blanks are dropped (Cisco phones NUL-terminate option 60).
 fn trim(b: &[u8]) -> &[u8] {
-    let end = b.iter().rposition(|c| *c != 0 && !c.is_ascii_whitespace()).map_or(0, |p| p + 1);
-    let start = b[..end].iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(end);
+    let end = b
+        .iter()
+        .rposition(|c| *c != 0 && !c.is_ascii_whitespace())
+        .map_or(0, |p| p + 1);
+    let start = b[..end]
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(end);
     &b[start..end]
 }
 
@@ -57,7 +65,11 @@ pub fn rfc3004_items(b: &[u8]) -> Option<Vec<&[u8]>> {
 /// Option 77 as text: RFC 3004 framing removed (instances joined with `,`), else raw.
 pub fn user_class_text(b: &[u8]) -> String {
     match rfc3004_items(b) {
-        Some(items) => items.iter().map(|i| String::from_utf8_lossy(trim(i))).collect::<Vec<_>>().join(","),
+        Some(items) => items
+            .iter()
+            .map(|i| String::from_utf8_lossy(trim(i)))
+            .collect::<Vec<_>>()
+            .join(","),
         None => String::from_utf8_lossy(trim(b)).into_owned(),
     }
 }
@@ -68,7 +80,11 @@ pub fn text(b: &[u8]) -> String {
 
 fn contains_ci(hay: &[u8], needle_lower: &[u8]) -> bool {
     needle_lower.is_empty()
-        || hay.windows(needle_lower.len()).any(|w| w.iter().zip(needle_lower).all(|(a, b)| a.to_ascii_lowercase() == *b))
+        || hay.windows(needle_lower.len()).any(|w| {
+            w.iter()
+                .zip(needle_lower)
+                .all(|(a, b)| a.to_ascii_lowercase() == *b)
+        })
 }
 
 /// The 400HD model named in option 60 or 77 (case-insensitive), else the raw text of
@@ -96,12 +112,18 @@ struct Pattern {
 
 impl Pattern {
     fn new(s: &str) -> Self {
-        Self { shown: s.to_string(), lower: s.to_ascii_lowercase().into_bytes() }
+        Self {
+            shown: s.to_string(),
+            lower: s.to_ascii_lowercase().into_bytes(),
+        }
     }
     fn matches(&self, value: &[u8], exact: bool) -> bool {
         let v = trim(value);
         if exact {
-            v.len() == self.lower.len() && v.iter().zip(&self.lower).all(|(a, b)| a.to_ascii_lowercase() == *b)
+            v.len() == self.lower.len()
+                && v.iter()
+                    .zip(&self.lower)
+                    .all(|(a, b)| a.to_ascii_lowercase() == *b)
         } else {
             contains_ci(v, &self.lower)
         }
@@ -125,7 +147,8 @@ pub struct Compiled {
 
 /// Option 77 matches raw, or any RFC 3004 instance.
 fn user_class_matches(p: &Pattern, raw: &[u8], exact: bool) -> bool {
-    p.matches(raw, exact) || rfc3004_items(raw).is_some_and(|items| items.iter().any(|i| p.matches(i, exact)))
+    p.matches(raw, exact)
+        || rfc3004_items(raw).is_some_and(|items| items.iter().any(|i| p.matches(i, exact)))
 }
 
 impl Compiled {
@@ -162,20 +185,39 @@ impl Compiled {
             if !p.matches(v, self.exact) {
                 return None;
             }
-            note(format_args!("option 60 \"{}\" {how} \"{}\"", text(v), p.shown));
+            note(format_args!(
+                "option 60 \"{}\" {how} \"{}\"",
+                text(v),
+                p.shown
+            ));
         }
         if let Some(p) = &self.user_class {
             let v = c.user_class?;
             if !user_class_matches(p, v, self.exact) {
                 return None;
             }
-            note(format_args!("option 77 \"{}\" {how} \"{}\"", user_class_text(v), p.shown));
+            note(format_args!(
+                "option 77 \"{}\" {how} \"{}\"",
+                user_class_text(v),
+                p.shown
+            ));
         }
         if let Some(p) = &self.model {
             if let Some(v) = c.vendor_class.filter(|v| p.matches(v, self.exact)) {
-                note(format_args!("model: option 60 \"{}\" {how} \"{}\"", text(v), p.shown));
-            } else if let Some(v) = c.user_class.filter(|v| user_class_matches(p, v, self.exact)) {
-                note(format_args!("model: option 77 \"{}\" {how} \"{}\"", user_class_text(v), p.shown));
+                note(format_args!(
+                    "model: option 60 \"{}\" {how} \"{}\"",
+                    text(v),
+                    p.shown
+                ));
+            } else if let Some(v) = c
+                .user_class
+                .filter(|v| user_class_matches(p, v, self.exact))
+            {
+                note(format_args!(
+                    "model: option 77 \"{}\" {how} \"{}\"",
+                    user_class_text(v),
+                    p.shown
+                ));
             } else {
                 return None;
             }
@@ -197,14 +239,22 @@ impl Compiled {
             if !p.matches(v, self.exact) {
                 return None;
             }
-            note(format_args!("option 82 circuit id \"{}\" {how} \"{}\"", text(v), p.shown));
+            note(format_args!(
+                "option 82 circuit id \"{}\" {how} \"{}\"",
+                text(v),
+                p.shown
+            ));
         }
         if let Some(p) = &self.remote_id {
             let v = c.remote_id?;
             if !p.matches(v, self.exact) {
                 return None;
             }
-            note(format_args!("option 82 remote id \"{}\" {how} \"{}\"", text(v), p.shown));
+            note(format_args!(
+                "option 82 remote id \"{}\" {how} \"{}\"",
+                text(v),
+                p.shown
+            ));
         }
         Some(reason)
     }
@@ -218,12 +268,21 @@ pub struct Policies {
 
 impl Policies {
     pub fn new(cfg: &DhcpConfig) -> Self {
-        Self { list: cfg.policies.iter().enumerate().map(|(i, p)| Compiled::new(i, p)).collect() }
+        Self {
+            list: cfg
+                .policies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Compiled::new(i, p))
+                .collect(),
+        }
     }
 
     /// The first matching policy's index and name (and the reason when `why`).
     pub fn select(&self, c: &ClientView<'_>, why: bool) -> Option<(usize, &str, String)> {
-        self.list.iter().find_map(|p| p.matches(c, why).map(|r| (p.index, p.name.as_str(), r)))
+        self.list
+            .iter()
+            .find_map(|p| p.matches(c, why).map(|r| (p.index, p.name.as_str(), r)))
     }
 }
 
@@ -238,16 +297,38 @@ mod tests {
     }
 
     fn view<'a>(mac: [u8; 6], v60: Option<&'a [u8]>, v77: Option<&'a [u8]>) -> ClientView<'a> {
-        ClientView { mac: MacAddr(mac), vendor_class: v60, user_class: v77, circuit_id: None, remote_id: None, prl: &[] }
+        ClientView {
+            mac: MacAddr(mac),
+            vendor_class: v60,
+            user_class: v77,
+            circuit_id: None,
+            remote_id: None,
+            prl: &[],
+        }
     }
 
     #[test]
     fn models() {
-        assert_eq!(detect_model(Some(b"AUDC C450HD"), None).as_deref(), Some("C450HD"));
-        assert_eq!(detect_model(Some(b"450hd\0"), None).as_deref(), Some("450HD"));
-        assert_eq!(detect_model(None, Some(b"\x05445HD")).as_deref(), Some("445HD"));
-        assert_eq!(detect_model(Some(b"udhcp 1.36"), None).as_deref(), Some("udhcp 1.36"));
-        assert_eq!(detect_model(None, Some(b"\x04iPXE\x03abc")).as_deref(), Some("iPXE,abc"));
+        assert_eq!(
+            detect_model(Some(b"AUDC C450HD"), None).as_deref(),
+            Some("C450HD")
+        );
+        assert_eq!(
+            detect_model(Some(b"450hd\0"), None).as_deref(),
+            Some("450HD")
+        );
+        assert_eq!(
+            detect_model(None, Some(b"\x05445HD")).as_deref(),
+            Some("445HD")
+        );
+        assert_eq!(
+            detect_model(Some(b"udhcp 1.36"), None).as_deref(),
+            Some("udhcp 1.36")
+        );
+        assert_eq!(
+            detect_model(None, Some(b"\x04iPXE\x03abc")).as_deref(),
+            Some("iPXE,abc")
+        );
         assert_eq!(detect_model(None, None), None);
     }
 
@@ -271,18 +352,33 @@ match = { mac_prefix = "00908f" }
         let aud = [0, 0x90, 0x8f, 1, 2, 3];
         let other = [2, 0, 0, 1, 2, 3];
         let name = |v: ClientView<'_>| p.select(&v, true).map(|(_, n, _)| n.to_string());
-        assert_eq!(name(view(other, Some(b"450HD"), None)).as_deref(), Some("exact 450"));
+        assert_eq!(
+            name(view(other, Some(b"450HD"), None)).as_deref(),
+            Some("exact 450")
+        );
         // Exact: "C450HD" is not "450HD"; falls through to the OUI policy.
-        assert_eq!(name(view(aud, Some(b"C450HD"), None)).as_deref(), Some("oui"));
+        assert_eq!(
+            name(view(aud, Some(b"C450HD"), None)).as_deref(),
+            Some("oui")
+        );
         assert_eq!(name(view(other, Some(b"C450HD"), None)), None);
         // Option 77 raw and RFC 3004-framed.
-        assert_eq!(name(view(other, None, Some(b"AUDC-445HD"))).as_deref(), Some("445 by 77"));
-        assert_eq!(name(view(other, None, Some(b"\x03abc\x05445HD"))).as_deref(), Some("445 by 77"));
+        assert_eq!(
+            name(view(other, None, Some(b"AUDC-445HD"))).as_deref(),
+            Some("445 by 77")
+        );
+        assert_eq!(
+            name(view(other, None, Some(b"\x03abc\x05445HD"))).as_deref(),
+            Some("445 by 77")
+        );
         // Option 82 circuit id, AND-ed with the prefix.
         let mut v = view(aud, None, None);
         v.circuit_id = Some(b"sw1 Port-7");
         let (_, n, why) = p.select(&v, true).unwrap_or_else(|| panic!("match"));
         assert_eq!(n, "ouI and circuit");
-        assert!(why.contains("circuit id") && why.contains("starts with 00:90:8f"), "{why}");
+        assert!(
+            why.contains("circuit id") && why.contains("starts with 00:90:8f"),
+            "{why}"
+        );
     }
 }

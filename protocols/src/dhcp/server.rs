@@ -26,13 +26,13 @@ use provbox_storage::leases::{Lease, LeaseDb, LeaseWrite};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
+use super::DhcpError;
 use super::decide::{Action, Decision, Dest, Info, decide};
 use super::options::Prepared;
 use super::policy::{text, user_class_text};
 use super::socket;
 use super::table::LeaseTable;
 use super::wire::{self, Request};
-use super::DhcpError;
 use crate::events::{DhcpInfo, EventBus, EventKind, now_ms};
 use crate::warn_limited;
 
@@ -58,7 +58,10 @@ pub struct DhcpServer {
 
 impl std::fmt::Debug for DhcpServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DhcpServer").field("local", &self.local).field("server_ip", &self.prep.server_ip).finish()
+        f.debug_struct("DhcpServer")
+            .field("local", &self.local)
+            .field("server_ip", &self.prep.server_ip)
+            .finish()
     }
 }
 
@@ -71,10 +74,19 @@ struct Arp {
 
 impl Arp {
     /// The socket address for a reply to `dest`.
-    fn resolve(&self, sock: &StdUdpSocket, dest: Dest, mac: MacAddr, peer: SocketAddr) -> SocketAddr {
+    fn resolve(
+        &self,
+        sock: &StdUdpSocket,
+        dest: Dest,
+        mac: MacAddr,
+        peer: SocketAddr,
+    ) -> SocketAddr {
         let v4 = |ip: Ipv4Addr, port: u16| SocketAddr::V4(SocketAddrV4::new(ip, port));
         match dest {
-            Dest::Relay { giaddr, source_port } => v4(giaddr, if source_port { peer.port() } else { 67 }),
+            Dest::Relay {
+                giaddr,
+                source_port,
+            } => v4(giaddr, if source_port { peer.port() } else { 67 }),
             Dest::Unicast(ip) => v4(ip, 68),
             Dest::Broadcast => v4(Ipv4Addr::BROADCAST, 68),
             Dest::Hardware(ip) => {
@@ -98,10 +110,18 @@ impl Arp {
     }
 }
 
-/// Work for the commit thread.
+/// Work for the commit thread. `Ack` is nearly every job, so it stays unboxed (boxing it
+/// would cost an allocation per ACK to save bytes in the rare `Write`).
+#[allow(clippy::large_enum_variant)]
 enum Job {
     /// Commit the lease, then send the ACK and publish its event.
-    Ack { lease: Lease, packet: Vec<u8>, dest: Dest, peer: SocketAddr, event: DhcpInfo },
+    Ack {
+        lease: Lease,
+        packet: Vec<u8>,
+        dest: Dest,
+        peer: SocketAddr,
+        event: DhcpInfo,
+    },
     /// Commit only (RELEASE, DECLINE).
     Write(Vec<LeaseWrite>),
 }
@@ -131,7 +151,12 @@ fn packet_count(t: MessageType) {
 impl DhcpServer {
     /// Resolves `server_ip`, binds the socket (port 0 → ephemeral) and loads the leases.
     /// `vars.server` empty means "use the resolved server_ip".
-    pub fn bind(cfg: &DhcpConfig, vars: TemplateVars, leases: LeaseDb, bus: EventBus) -> Result<DhcpServer, DhcpError> {
+    pub fn bind(
+        cfg: &DhcpConfig,
+        vars: TemplateVars,
+        leases: LeaseDb,
+        bus: EventBus,
+    ) -> Result<DhcpServer, DhcpError> {
         let config = |field: &'static str, message: String| DhcpError::Config { field, message };
         if cfg.pool.is_none() && cfg.reservations.is_empty() {
             return Err(config(
@@ -146,14 +171,20 @@ impl DhcpServer {
         {
             return Err(config(
                 "interface",
-                format!("interface {name} has no IPv4 address (or does not exist), so server_ip cannot come from it; give it an address or set `server_ip`"),
+                format!(
+                    "interface {name} has no IPv4 address (or does not exist), so server_ip cannot come from it; give it an address or set `server_ip`"
+                ),
             ));
         }
         let bind_ip = match cfg.bind.ip() {
             std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
             _ => None,
         };
-        let Some(server_ip) = cfg.server_ip.or(from_interface.map(|(ip, _)| ip)).or(bind_ip) else {
+        let Some(server_ip) = cfg
+            .server_ip
+            .or(from_interface.map(|(ip, _)| ip))
+            .or(bind_ip)
+        else {
             return Err(config(
                 "server_ip",
                 "set `server_ip` (option 54 and {server}) or `interface`; provbox does not guess it, because a guess changes when a container restarts".into(),
@@ -161,23 +192,44 @@ impl DhcpServer {
         };
         let subnet = cfg
             .subnet
-            .or_else(|| if cfg.server_ip.is_none() { from_interface.and_then(|(_, n)| n) } else { None })
+            .or_else(|| {
+                if cfg.server_ip.is_none() {
+                    from_interface.and_then(|(_, n)| n)
+                } else {
+                    None
+                }
+            })
             .or_else(|| Ipv4Net::from_mask(server_ip, cfg.subnet_mask))
-            .ok_or_else(|| config("subnet_mask", "not a contiguous mask; write e.g. \"255.255.255.0\"".into()))?;
+            .ok_or_else(|| {
+                config(
+                    "subnet_mask",
+                    "not a contiguous mask; write e.g. \"255.255.255.0\"".into(),
+                )
+            })?;
         if let Some(pool) = cfg.pool
             && !(subnet.contains(pool.first) && subnet.contains(pool.last))
         {
-            return Err(config("pool", format!("the pool {pool} lies outside the subnet {subnet}; set `subnet`")));
+            return Err(config(
+                "pool",
+                format!("the pool {pool} lies outside the subnet {subnet}; set `subnet`"),
+            ));
         }
-        let std_sock = socket::bind(cfg.bind, cfg.interface.as_deref()).map_err(|source| DhcpError::Bind {
-            addr: cfg.bind,
-            interface: cfg.interface.clone(),
+        let std_sock =
+            socket::bind(cfg.bind, cfg.interface.as_deref()).map_err(|source| DhcpError::Bind {
+                addr: cfg.bind,
+                interface: cfg.interface.clone(),
+                source,
+            })?;
+        let local = std_sock.local_addr().map_err(|source| DhcpError::Socket {
+            what: "local address",
             source,
         })?;
-        let local = std_sock.local_addr().map_err(|source| DhcpError::Socket { what: "local address", source })?;
         let mut table = LeaseTable::new(cfg.pool, &cfg.reservations);
         table.load(leases.all());
-        let arp_iface = cfg.interface.clone().or_else(|| socket::interface_for(subnet.network()));
+        let arp_iface = cfg
+            .interface
+            .clone()
+            .or_else(|| socket::interface_for(subnet.network()));
         tracing::info!(%local, %server_ip, %subnet, pool = ?cfg.pool.map(|p| p.to_string()), leases = leases.len(), "DHCP server bound");
         Ok(DhcpServer {
             socket: std_sock,
@@ -186,7 +238,10 @@ impl DhcpServer {
             table,
             leases,
             bus,
-            arp: Arc::new(Arp { interface: arp_iface, works: AtomicBool::new(true) }),
+            arp: Arc::new(Arp {
+                interface: arp_iface,
+                works: AtomicBool::new(true),
+            }),
             per_mac_rate: cfg.per_mac_rate.max(1),
         })
     }
@@ -202,16 +257,36 @@ impl DhcpServer {
 
     /// Serves until `shutdown`; then commits and answers what is queued, and returns.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), DhcpError> {
-        let writer_sock = self.socket.try_clone().map_err(|source| DhcpError::Socket { what: "clone", source })?;
-        let sock = UdpSocket::from_std(self.socket.try_clone().map_err(|source| DhcpError::Socket { what: "clone", source })?)
-            .map_err(|source| DhcpError::Socket { what: "register with tokio", source })?;
+        let writer_sock = self
+            .socket
+            .try_clone()
+            .map_err(|source| DhcpError::Socket {
+                what: "clone",
+                source,
+            })?;
+        let sock =
+            UdpSocket::from_std(
+                self.socket
+                    .try_clone()
+                    .map_err(|source| DhcpError::Socket {
+                        what: "clone",
+                        source,
+                    })?,
+            )
+            .map_err(|source| DhcpError::Socket {
+                what: "register with tokio",
+                source,
+            })?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(COMMIT_QUEUE);
         let committer = {
             let (leases, bus, arp) = (self.leases.clone(), self.bus.clone(), self.arp.clone());
             std::thread::Builder::new()
                 .name("dhcp-commit".into())
                 .spawn(move || commit_loop(rx, leases, writer_sock, bus, arp))
-                .map_err(|source| DhcpError::Socket { what: "start the commit thread", source })?
+                .map_err(|source| DhcpError::Socket {
+                    what: "start the commit thread",
+                    source,
+                })?
         };
         let mut limiter = MacLimiter::new(self.per_mac_rate);
         let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -229,7 +304,7 @@ impl DhcpServer {
                 r = sock.recv_from(&mut buf) => match r {
                     Ok((n, peer)) => {
                         if let Some((packet, dest)) = self.handle(&buf[..n], peer, &mut limiter, &tx, &mut out) {
-                            send(&sock, &packet, dest).await;
+                            send(&sock, packet, dest).await;
                         }
                     }
                     Err(e) => {
@@ -244,7 +319,9 @@ impl DhcpServer {
         // The commit thread drains the queue, commits and answers, then exits.
         let joined = tokio::task::spawn_blocking(move || committer.join()).await;
         if !matches!(joined, Ok(Ok(()))) {
-            tracing::error!("the DHCP commit thread panicked; leases of the last batch may not be durable");
+            tracing::error!(
+                "the DHCP commit thread panicked; leases of the last batch may not be durable"
+            );
         }
         Ok(())
     }
@@ -290,7 +367,9 @@ impl DhcpServer {
         if let Some(kind) = request_kind {
             let mut ev = event_info(&req, &info, false);
             if req.msg_type != MessageType::Release && req.msg_type != MessageType::Decline {
-                ev.ip = req.requested_ip.or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr));
+                ev.ip = req
+                    .requested_ip
+                    .or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr));
             }
             self.bus.publish(kind(ev));
         }
@@ -333,7 +412,16 @@ impl DhcpServer {
                     return None;
                 }
                 let event = event_info(&req, &info, true);
-                self.enqueue(tx, Job::Ack { lease, packet, dest, peer, event });
+                self.enqueue(
+                    tx,
+                    Job::Ack {
+                        lease,
+                        packet,
+                        dest,
+                        peer,
+                        event,
+                    },
+                );
                 None
             }
         }
@@ -344,7 +432,9 @@ impl DhcpServer {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 drop_count("commit_backlog");
-                warn_limited!("the lease database cannot keep up; dropping a lease write (the client will retry)");
+                warn_limited!(
+                    "the lease database cannot keep up; dropping a lease write (the client will retry)"
+                );
             }
             Err(TrySendError::Disconnected(_)) => drop_count("commit_stopped"),
         }
@@ -374,14 +464,24 @@ fn event_info(req: &Request<'_>, info: &Info, reply: bool) -> DhcpInfo {
         policy: info.policy.clone(),
         giaddr: (!req.giaddr.is_unspecified()).then_some(req.giaddr),
         xid: req.xid,
-        provisioning: if reply { info.provisioning.clone() } else { Vec::new() },
+        provisioning: if reply {
+            info.provisioning.clone()
+        } else {
+            Vec::new()
+        },
         reason: info.reason.clone(),
     }
 }
 
 /// The commit thread: batches jobs into one durable transaction each, then sends the
 /// ACKs of the batch. Exits when the receive loop dropped its sender and the queue is empty.
-fn commit_loop(rx: Receiver<Job>, leases: LeaseDb, sock: StdUdpSocket, bus: EventBus, arp: Arc<Arp>) {
+fn commit_loop(
+    rx: Receiver<Job>,
+    leases: LeaseDb,
+    sock: StdUdpSocket,
+    bus: EventBus,
+    arp: Arc<Arp>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut writes: Vec<LeaseWrite> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
@@ -410,7 +510,14 @@ fn commit_loop(rx: Receiver<Job>, leases: LeaseDb, sock: StdUdpSocket, bus: Even
         }
         metrics::histogram!("provbox_dhcp_commit_batch").record(writes.len() as f64);
         for job in batch.drain(..) {
-            if let Job::Ack { lease, packet, dest, peer, event } = job {
+            if let Job::Ack {
+                lease,
+                packet,
+                dest,
+                peer,
+                event,
+            } = job
+            {
                 let to = arp.resolve(&sock, dest, lease.mac, peer);
                 if send_blocking(&sock, &packet, to) {
                     packet_count(MessageType::Ack);
@@ -427,7 +534,9 @@ fn send_blocking(sock: &StdUdpSocket, packet: &[u8], to: SocketAddr) -> bool {
     for _ in 0..200 {
         match sock.send_to(packet, to) {
             Ok(_) => return true,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_micros(500)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_micros(500))
+            }
             Err(e) => {
                 drop_count("send_error");
                 warn_limited!(%to, error = %e, "cannot send a DHCP ACK");
@@ -448,7 +557,10 @@ struct MacLimiter {
 
 impl MacLimiter {
     fn new(rate: u32) -> Self {
-        Self { rate, seen: HashMap::new() }
+        Self {
+            rate,
+            seen: HashMap::new(),
+        }
     }
 
     fn allow(&mut self, mac: MacAddr, now_s: u64) -> bool {

@@ -38,10 +38,16 @@ pub fn bind(addr: SocketAddr, interface: Option<&str>) -> io::Result<UdpSocket> 
 
 /// The IPv4 interfaces: (name, address, network).
 pub fn interfaces() -> Vec<(String, Ipv4Addr, Option<Ipv4Net>)> {
-    let Ok(list) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    let Ok(list) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
     list.filter_map(|i| {
         let ip = i.address.as_ref()?.as_sockaddr_in()?.ip();
-        let net = i.netmask.as_ref().and_then(|m| m.as_sockaddr_in()).and_then(|m| Ipv4Net::from_mask(ip, m.ip()));
+        let net = i
+            .netmask
+            .as_ref()
+            .and_then(|m| m.as_sockaddr_in())
+            .and_then(|m| Ipv4Net::from_mask(ip, m.ip()));
         Some((i.interface_name, ip, net))
     })
     .collect()
@@ -49,12 +55,18 @@ pub fn interfaces() -> Vec<(String, Ipv4Addr, Option<Ipv4Net>)> {
 
 /// The first IPv4 address of `name`, with its network.
 pub fn interface_ipv4(name: &str) -> Option<(Ipv4Addr, Option<Ipv4Net>)> {
-    interfaces().into_iter().find(|(n, ..)| n == name).map(|(_, ip, net)| (ip, net))
+    interfaces()
+        .into_iter()
+        .find(|(n, ..)| n == name)
+        .map(|(_, ip, net)| (ip, net))
 }
 
 /// The interface whose network contains `ip` (where ARP entries for it belong).
 pub fn interface_for(ip: Ipv4Addr) -> Option<String> {
-    interfaces().into_iter().find(|(_, _, net)| net.is_some_and(|n| n.contains(ip))).map(|(n, ..)| n)
+    interfaces()
+        .into_iter()
+        .find(|(_, _, net)| net.is_some_and(|n| n.contains(ip)))
+        .map(|(n, ..)| n)
 }
 
 /// Adds (or replaces) the ARP entry `ip → mac` on `interface`, so a unicast to `ip`
@@ -62,14 +74,19 @@ pub fn interface_for(ip: Ipv4Addr) -> Option<String> {
 #[allow(unsafe_code)]
 pub fn arp_inject(sock: &UdpSocket, interface: &str, ip: Ipv4Addr, mac: MacAddr) -> io::Result<()> {
     if interface.len() >= 16 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
     // SAFETY: `arpreq` is plain old data; all-zero is a valid value for every field.
     let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
     let pa = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: sockaddr_in (16 bytes) fits in sockaddr (16 bytes); both are plain data.
@@ -84,6 +101,16 @@ pub fn arp_inject(sock: &UdpSocket, interface: &str, ip: Ipv4Addr, mac: MacAddr)
         *d = s as libc::c_char;
     }
     // SAFETY: a valid socket fd and a pointer to an initialised arpreq that outlives the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSARP, &req as *const libc::arpreq) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCSARP,
+            &req as *const libc::arpreq,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

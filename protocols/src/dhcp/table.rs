@@ -69,12 +69,20 @@ impl LeaseTable {
                 LeaseState::Released => SlotState::Released,
                 LeaseState::Declined => SlotState::Declined,
             };
-            self.set(l.ip, Slot { mac: l.mac, state, expires_ms: l.expires_at_ms });
+            self.set(
+                l.ip,
+                Slot {
+                    mac: l.mac,
+                    state,
+                    expires_ms: l.expires_at_ms,
+                },
+            );
         }
     }
 
     pub fn in_pool(&self, ip: Ipv4Addr) -> bool {
-        self.pool.is_some_and(|(a, b)| (a..=b).contains(&u32::from(ip)))
+        self.pool
+            .is_some_and(|(a, b)| (a..=b).contains(&u32::from(ip)))
     }
 
     pub fn reservation(&self, mac: MacAddr) -> Option<Ipv4Addr> {
@@ -116,7 +124,12 @@ impl LeaseTable {
 
     /// Picks an address for `mac` (see the module doc for the order) without changing
     /// anything. `None`: the pool is exhausted.
-    pub fn pick(&mut self, mac: MacAddr, requested: Option<Ipv4Addr>, now_ms: u64) -> Option<Ipv4Addr> {
+    pub fn pick(
+        &mut self,
+        mac: MacAddr,
+        requested: Option<Ipv4Addr>,
+        now_ms: u64,
+    ) -> Option<Ipv4Addr> {
         if let Some(ip) = self.reservation(mac) {
             return self.holder_ok(ip, mac, now_ms).then_some(ip);
         }
@@ -204,7 +217,10 @@ impl LeaseTable {
 
     /// Bound, unexpired leases.
     pub fn active(&self, now_ms: u64) -> usize {
-        self.by_ip.values().filter(|s| s.state == SlotState::Bound && s.expires_ms > now_ms).count()
+        self.by_ip
+            .values()
+            .filter(|s| s.state == SlotState::Bound && s.expires_ms > now_ms)
+            .count()
     }
 
     /// Every (address, slot), for tests and diagnostics.
@@ -226,26 +242,60 @@ mod tests {
 
     #[test]
     fn allocation_order() {
-        let pool: Ipv4Range = "192.0.2.10-192.0.2.12".parse().unwrap_or_else(|e| panic!("{e}"));
-        let res = [Reservation { mac: mac(9), ip: ip(11), hostname: None }];
+        let pool: Ipv4Range = "192.0.2.10-192.0.2.12"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let res = [Reservation {
+            mac: mac(9),
+            ip: ip(11),
+            hostname: None,
+        }];
         let mut t = LeaseTable::new(Some(pool), &res);
         assert_eq!(t.pick(mac(9), None, 0), Some(ip(11)));
         assert_eq!(t.pick(mac(1), None, 0), Some(ip(10)));
         // Picking twice without setting gives the same address.
         assert_eq!(t.pick(mac(1), None, 0), Some(ip(10)));
-        t.set(ip(10), Slot { mac: mac(1), state: SlotState::Bound, expires_ms: 100 });
+        t.set(
+            ip(10),
+            Slot {
+                mac: mac(1),
+                state: SlotState::Bound,
+                expires_ms: 100,
+            },
+        );
         assert_eq!(t.pick(mac(1), None, 50), Some(ip(10)));
         // The reserved .11 is skipped for others.
         assert_eq!(t.pick(mac(2), Some(ip(11)), 50), Some(ip(12)));
-        t.set(ip(12), Slot { mac: mac(2), state: SlotState::Bound, expires_ms: 200 });
+        t.set(
+            ip(12),
+            Slot {
+                mac: mac(2),
+                state: SlotState::Bound,
+                expires_ms: 200,
+            },
+        );
         assert_eq!(t.pick(mac(3), None, 50), None, "exhausted");
         // After .10 expires, mac 3 reclaims it; mac 1 then finds nothing.
         assert_eq!(t.pick(mac(3), None, 150), Some(ip(10)));
-        t.set(ip(10), Slot { mac: mac(3), state: SlotState::Offered, expires_ms: 160 });
+        t.set(
+            ip(10),
+            Slot {
+                mac: mac(3),
+                state: SlotState::Offered,
+                expires_ms: 160,
+            },
+        );
         assert_eq!(t.held_by(mac(1)), None);
         assert_eq!(t.pick(mac(1), None, 150), None);
         // A declined address is nobody's until its quarantine ends.
-        t.set(ip(12), Slot { mac: mac(2), state: SlotState::Declined, expires_ms: 500 });
+        t.set(
+            ip(12),
+            Slot {
+                mac: mac(2),
+                state: SlotState::Declined,
+                expires_ms: 500,
+            },
+        );
         assert_eq!(t.held_by(mac(2)), None);
         assert!(!t.available(ip(12), mac(2), 400));
         assert!(t.available(ip(12), mac(2), 500));

@@ -113,7 +113,9 @@ pub fn parse(buf: &[u8]) -> Result<Request<'_>, Malformed> {
     let be32 = |i: usize| u32::from_be_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
     let mut chaddr = [0u8; 16];
     chaddr.copy_from_slice(&buf[28..44]);
-    let mac = MacAddr([chaddr[0], chaddr[1], chaddr[2], chaddr[3], chaddr[4], chaddr[5]]);
+    let mac = MacAddr([
+        chaddr[0], chaddr[1], chaddr[2], chaddr[3], chaddr[4], chaddr[5],
+    ]);
 
     let mut msg_type = None;
     let mut requested_ip = None;
@@ -146,7 +148,9 @@ pub fn parse(buf: &[u8]) -> Result<Request<'_>, Malformed> {
             ended = true;
             break;
         }
-        let Some(&len) = buf.get(i + 1) else { return Err(Malformed::BadOptionLength) };
+        let Some(&len) = buf.get(i + 1) else {
+            return Err(Malformed::BadOptionLength);
+        };
         let start = i + 2;
         let end = start + usize::from(len);
         if end > buf.len() {
@@ -193,7 +197,10 @@ pub fn parse(buf: &[u8]) -> Result<Request<'_>, Malformed> {
         Some(_) => return Err(Malformed::BadMessageType),
     };
     // Only client messages: OFFER (2), ACK (5) and NAK (6) sent to a server port are noise.
-    if matches!(msg_type, MessageType::Offer | MessageType::Ack | MessageType::Nak) {
+    if matches!(
+        msg_type,
+        MessageType::Offer | MessageType::Ack | MessageType::Nak
+    ) {
         return Err(Malformed::BadMessageType);
     }
     let relay = match relay_raw {
@@ -223,12 +230,19 @@ pub fn parse(buf: &[u8]) -> Result<Request<'_>, Malformed> {
 
 /// Option 82 sub-options (RFC 3046): code, length, data, each within the option.
 fn parse_relay(raw: Cow<'_, [u8]>) -> Result<RelayInfo<'_>, Malformed> {
-    let mut info = RelayInfo { raw: Cow::Borrowed(&[]), circuit_id: None, remote_id: None, source_port: false };
+    let mut info = RelayInfo {
+        raw: Cow::Borrowed(&[]),
+        circuit_id: None,
+        remote_id: None,
+        source_port: false,
+    };
     let b: &[u8] = &raw;
     let mut i = 0;
     while i < b.len() {
         let len = usize::from(*b.get(i + 1).ok_or(Malformed::BadOptionLength)?);
-        let data = b.get(i + 2..i + 2 + len).ok_or(Malformed::BadOptionLength)?;
+        let data = b
+            .get(i + 2..i + 2 + len)
+            .ok_or(Malformed::BadOptionLength)?;
         match b[i] {
             1 => info.circuit_id = Some(data.to_vec()),
             2 => info.remote_id = Some(data.to_vec()),
@@ -254,21 +268,43 @@ pub struct ReplySpec {
 }
 
 /// Encodes a reply to `req` into `out` (cleared first), padded to [`MIN_REPLY`].
-pub fn encode_reply(req: &Request<'_>, spec: ReplySpec, server_ip: Ipv4Addr, out: &mut Vec<u8>) -> Result<(), String> {
-    let mut m = v4::Message::new_with_id(req.xid, spec.ciaddr, spec.yiaddr, spec.siaddr, req.giaddr, &req.chaddr[..6]);
-    m.set_opcode(v4::Opcode::BootReply).set_htype(v4::HType::Eth).set_hops(0).set_flags(v4::Flags::new(req.flags));
+pub fn encode_reply(
+    req: &Request<'_>,
+    spec: ReplySpec,
+    server_ip: Ipv4Addr,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let mut m = v4::Message::new_with_id(
+        req.xid,
+        spec.ciaddr,
+        spec.yiaddr,
+        spec.siaddr,
+        req.giaddr,
+        &req.chaddr[..6],
+    );
+    m.set_opcode(v4::Opcode::BootReply)
+        .set_htype(v4::HType::Eth)
+        .set_hops(0)
+        .set_flags(v4::Flags::new(req.flags));
     let opts = m.opts_mut();
     opts.insert(DhcpOption::MessageType(spec.msg_type));
     opts.insert(DhcpOption::ServerIdentifier(server_ip));
     for (code, data) in spec.options {
-        opts.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::from(code), data)));
+        opts.insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::from(code),
+            data,
+        )));
     }
     if let Some(r) = &req.relay {
         // Echo option 82 unchanged; dhcproto moves it after every other option.
-        opts.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::from(82u8), r.raw.to_vec())));
+        opts.insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::from(82u8),
+            r.raw.to_vec(),
+        )));
     }
     out.clear();
-    m.encode(&mut Encoder::new(out)).map_err(|e| e.to_string())?;
+    m.encode(&mut Encoder::new(out))
+        .map_err(|e| e.to_string())?;
     if out.len() < MIN_REPLY {
         out.resize(MIN_REPLY, 0);
     }
@@ -282,13 +318,21 @@ pub(crate) mod build {
     use super::*;
 
     pub fn request(mt: MessageType, mac: [u8; 6], extra: Vec<DhcpOption>) -> Vec<u8> {
-        let mut m = v4::Message::new_with_id(0x1234_5678, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &mac);
+        let mut m = v4::Message::new_with_id(
+            0x1234_5678,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &mac,
+        );
         m.opts_mut().insert(DhcpOption::MessageType(mt));
         for o in extra {
             m.opts_mut().insert(o);
         }
         let mut out = Vec::new();
-        m.encode(&mut Encoder::new(&mut out)).unwrap_or_else(|e| panic!("{e}"));
+        m.encode(&mut Encoder::new(&mut out))
+            .unwrap_or_else(|e| panic!("{e}"));
         out
     }
 }
@@ -309,7 +353,10 @@ mod tests {
             vec![
                 DhcpOption::ClassIdentifier(b"450HD".to_vec()),
                 DhcpOption::UserClass(b"450HD".to_vec()),
-                DhcpOption::ParameterRequestList(vec![OptionCode::SubnetMask, OptionCode::from(160u8)]),
+                DhcpOption::ParameterRequestList(vec![
+                    OptionCode::SubnetMask,
+                    OptionCode::from(160u8),
+                ]),
                 DhcpOption::RequestedIpAddress(Ipv4Addr::new(192, 0, 2, 9)),
             ],
         );
@@ -323,12 +370,24 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        let good = request(MessageType::Discover, MAC, vec![DhcpOption::ClassIdentifier(b"x".to_vec())]);
+        let good = request(
+            MessageType::Discover,
+            MAC,
+            vec![DhcpOption::ClassIdentifier(b"x".to_vec())],
+        );
         assert!(parse(&good).is_ok());
         assert_eq!(parse(&good[..100]).err(), Some(Malformed::Truncated));
         // Cut inside the options: the length of option 60 runs past the end.
-        let opt60 = good.iter().skip(240).position(|b| *b == 60).map(|p| p + 240).unwrap_or(0);
-        assert_eq!(parse(&good[..opt60 + 2]).err(), Some(Malformed::BadOptionLength));
+        let opt60 = good
+            .iter()
+            .skip(240)
+            .position(|b| *b == 60)
+            .map(|p| p + 240)
+            .unwrap_or(0);
+        assert_eq!(
+            parse(&good[..opt60 + 2]).err(),
+            Some(Malformed::BadOptionLength)
+        );
         let mut b = good.clone();
         b[0] = 2;
         assert_eq!(parse(&b).err(), Some(Malformed::NotRequest));
@@ -393,12 +452,17 @@ mod tests {
             yiaddr: Ipv4Addr::new(192, 0, 2, 10),
             ciaddr: Ipv4Addr::UNSPECIFIED,
             siaddr: Ipv4Addr::new(192, 0, 2, 1),
-            options: vec![(160, b"http://192.0.2.1/x.img".to_vec()), (1, vec![255, 255, 255, 0])],
+            options: vec![
+                (160, b"http://192.0.2.1/x.img".to_vec()),
+                (1, vec![255, 255, 255, 0]),
+            ],
         };
         let mut out = Vec::new();
-        encode_reply(&req, spec, Ipv4Addr::new(192, 0, 2, 1), &mut out).unwrap_or_else(|e| panic!("{e}"));
+        encode_reply(&req, spec, Ipv4Addr::new(192, 0, 2, 1), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(out.len() >= MIN_REPLY);
-        let m = v4::Message::decode(&mut dhcproto::Decoder::new(&out)).unwrap_or_else(|e| panic!("{e}"));
+        let m = v4::Message::decode(&mut dhcproto::Decoder::new(&out))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(m.opcode(), v4::Opcode::BootReply);
         assert_eq!(m.yiaddr(), Ipv4Addr::new(192, 0, 2, 10));
         assert_eq!(m.chaddr(), &MAC[..]);

@@ -28,17 +28,41 @@ pub struct Phone {
 
 impl Phone {
     pub async fn new(server: SocketAddr, mac: [u8; 6], model: Option<&str>) -> Phone {
-        let sock = UdpSocket::bind((GIADDR, 0)).await.unwrap_or_else(|e| panic!("bind {GIADDR}: {e}"));
-        Phone { sock, server, mac, model: model.map(str::to_string), prl: vec![1, 3, 6, 66, 67, 160], xid: u32::from(mac[5]) << 8 }
+        let sock = UdpSocket::bind((GIADDR, 0))
+            .await
+            .unwrap_or_else(|e| panic!("bind {GIADDR}: {e}"));
+        Phone {
+            sock,
+            server,
+            mac,
+            model: model.map(str::to_string),
+            prl: vec![1, 3, 6, 66, 67, 160],
+            xid: u32::from(mac[5]) << 8,
+        }
     }
 
-    pub fn message(&mut self, t: MessageType, ciaddr: Ipv4Addr, requested: Option<Ipv4Addr>, server_id: Option<Ipv4Addr>) -> Vec<u8> {
+    pub fn message(
+        &mut self,
+        t: MessageType,
+        ciaddr: Ipv4Addr,
+        requested: Option<Ipv4Addr>,
+        server_id: Option<Ipv4Addr>,
+    ) -> Vec<u8> {
         self.xid = self.xid.wrapping_add(1);
-        let mut m = v4::Message::new_with_id(self.xid, ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, GIADDR, &self.mac);
+        let mut m = v4::Message::new_with_id(
+            self.xid,
+            ciaddr,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            GIADDR,
+            &self.mac,
+        );
         m.set_hops(1);
         let o = m.opts_mut();
         o.insert(DhcpOption::MessageType(t));
-        o.insert(DhcpOption::ParameterRequestList(self.prl.iter().map(|c| OptionCode::from(*c)).collect()));
+        o.insert(DhcpOption::ParameterRequestList(
+            self.prl.iter().map(|c| OptionCode::from(*c)).collect(),
+        ));
         if let Some(model) = &self.model {
             o.insert(DhcpOption::ClassIdentifier(model.as_bytes().to_vec()));
             o.insert(DhcpOption::UserClass(model.as_bytes().to_vec()));
@@ -50,22 +74,34 @@ impl Phone {
             o.insert(DhcpOption::ServerIdentifier(ip));
         }
         // Option 82: circuit id, and sub-option 19 (RFC 8357) so the reply comes to our port.
-        o.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::from(82u8), vec![1, 4, b'p', b'o', b'r', b't', 19, 2, 0, 0])));
+        o.insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::from(82u8),
+            vec![1, 4, b'p', b'o', b'r', b't', 19, 2, 0, 0],
+        )));
         let mut out = Vec::new();
-        m.encode(&mut Encoder::new(&mut out)).unwrap_or_else(|e| panic!("{e}"));
+        m.encode(&mut Encoder::new(&mut out))
+            .unwrap_or_else(|e| panic!("{e}"));
         out
     }
 
     /// Sends and waits (bounded) for the reply with our xid.
-    pub async fn exchange(&mut self, packet: Vec<u8>, wait: Duration) -> Option<(v4::Message, usize)> {
+    pub async fn exchange(
+        &mut self,
+        packet: Vec<u8>,
+        wait: Duration,
+    ) -> Option<(v4::Message, usize)> {
         // Send errors (a killed server) look like silence to a phone.
         self.sock.send_to(&packet, self.server).await.ok()?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut buf = vec![0u8; 2048];
         loop {
-            let r = tokio::time::timeout_at(deadline, self.sock.recv_from(&mut buf)).await.ok()?;
+            let r = tokio::time::timeout_at(deadline, self.sock.recv_from(&mut buf))
+                .await
+                .ok()?;
             let Ok((n, _)) = r else { continue };
-            let Ok(m) = v4::Message::decode(&mut Decoder::new(&buf[..n])) else { continue };
+            let Ok(m) = v4::Message::decode(&mut Decoder::new(&buf[..n])) else {
+                continue;
+            };
             if m.xid() == self.xid {
                 return Some((m, n));
             }
@@ -74,7 +110,9 @@ impl Phone {
 
     pub async fn discover(&mut self) -> Option<v4::Message> {
         let p = self.message(MessageType::Discover, Ipv4Addr::UNSPECIFIED, None, None);
-        self.exchange(p, Duration::from_secs(3)).await.map(|(m, _)| m)
+        self.exchange(p, Duration::from_secs(3))
+            .await
+            .map(|(m, _)| m)
     }
 
     /// DISCOVER, then REQUEST (selecting): the ACK or NAK.
@@ -87,8 +125,15 @@ impl Phone {
             Some(DhcpOption::ServerIdentifier(ip)) => *ip,
             other => panic!("no option 54: {other:?}"),
         };
-        let p = self.message(MessageType::Request, Ipv4Addr::UNSPECIFIED, Some(offer.yiaddr()), Some(sid));
-        self.exchange(p, Duration::from_secs(5)).await.map(|(m, _)| m)
+        let p = self.message(
+            MessageType::Request,
+            Ipv4Addr::UNSPECIFIED,
+            Some(offer.yiaddr()),
+            Some(sid),
+        );
+        self.exchange(p, Duration::from_secs(5))
+            .await
+            .map(|(m, _)| m)
     }
 }
 
@@ -96,7 +141,9 @@ impl Phone {
 pub fn opt_text(m: &v4::Message, code: u8) -> Option<String> {
     match m.opts().get(OptionCode::from(code))? {
         DhcpOption::Unknown(u) => Some(String::from_utf8_lossy(u.data()).into_owned()),
-        DhcpOption::TFTPServerName(v) | DhcpOption::BootfileName(v) => Some(String::from_utf8_lossy(v).into_owned()),
+        DhcpOption::TFTPServerName(v) | DhcpOption::BootfileName(v) => {
+            Some(String::from_utf8_lossy(v).into_owned())
+        }
         other => Some(format!("{other:?}")),
     }
 }
@@ -110,11 +157,20 @@ pub fn dhcpd() -> PathBuf {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let st = std::process::Command::new(cargo)
                 .current_dir(&root)
-                .args(["build", "-q", "-p", "provbox-protocols", "--example", "dhcpd"])
+                .args([
+                    "build",
+                    "-q",
+                    "-p",
+                    "provbox-protocols",
+                    "--example",
+                    "dhcpd",
+                ])
                 .status()
                 .unwrap_or_else(|e| panic!("cargo build: {e}"));
             assert!(st.success(), "building the dhcpd example failed");
-            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
             target.join("debug/examples/dhcpd")
         })
         .clone()
