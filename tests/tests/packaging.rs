@@ -234,6 +234,22 @@ fn the_dependency_layer_copies_every_member_and_resolves_locked() {
         )
         .unwrap();
     }
+    // Path dependencies outside the members ([patch.crates-io] → vendor/) belong in the
+    // layer too.
+    if root.join("vendor").is_dir() {
+        assert!(
+            dockerfile.contains("COPY vendor vendor/"),
+            "the Dockerfile's dependency layer does not copy vendor/"
+        );
+        let out = run(
+            Command::new("cp")
+                .arg("-r")
+                .arg(root.join("vendor"))
+                .arg(&w),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
     let out = run(
         Command::new("sh")
             .arg(root.join("packaging/stub-workspace.sh"))
