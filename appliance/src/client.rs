@@ -253,20 +253,7 @@ fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
 
 // ---------------------------------------------------------------- formatting
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+use crate::tracker::state::human_bytes;
 
 fn human_secs(s: u64) -> String {
     if s < 60 {

@@ -418,7 +418,8 @@ pub struct Tracker {
     checks: Vec<ConfigCheck>,
 }
 
-fn human_bytes(n: u64) -> String {
+/// `1.5 MiB`-style sizes for people (timeline notes, the CLI).
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
