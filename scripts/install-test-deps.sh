@@ -25,6 +25,7 @@ have dnsmasq     || need+=(dnsmasq-base)
 have nginx       || need+=(nginx-light)
 have vsftpd      || need+=(vsftpd)
 have ps          || need+=(procps)
+have kea-dhcp4   || need+=(kea-dhcp4-server)
 if [ ${#need[@]} -eq 0 ]; then
   echo "test dependencies: all present"
   exit 0

@@ -21,10 +21,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use provbox_config::Config;
+use provbox_config::{Config, TemplateVars};
+use provbox_protocols::dhcp::DhcpServer;
 use provbox_protocols::events::{EventBus, EventKind, StoreChange};
 use provbox_protocols::http::HttpServer;
+use provbox_protocols::tftp::TftpServer;
+use provbox_storage::leases::LeaseDb;
 use provbox_storage::{Store, StoreEvent, StoreOptions};
+
+use crate::tracker::{self, PhoneState, TrackerHandle};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,6 +50,8 @@ pub struct Appliance {
     addrs: Addrs,
     bus: EventBus,
     store: Store,
+    tracker: TrackerHandle,
+    leases: Option<LeaseDb>,
     config: Arc<Config>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -156,6 +163,26 @@ impl Appliance {
     pub fn config(&self) -> &Config {
         &self.config
     }
+    pub fn tracker(&self) -> &TrackerHandle {
+        &self.tracker
+    }
+    /// The lease database, when DHCP runs.
+    pub fn leases(&self) -> Option<&LeaseDb> {
+        self.leases.as_ref()
+    }
+
+    /// Waits until the phone with this MAC (any spelling) reaches `state`.
+    pub async fn wait_for(
+        &self,
+        mac: &str,
+        state: PhoneState,
+        timeout: Duration,
+    ) -> anyhow::Result<tracker::DeviceView> {
+        self.tracker
+            .wait_for(mac, state, timeout)
+            .await
+            .with_context(|| format!("phone {mac} did not reach {state:?} within {timeout:?}"))
+    }
 
     async fn start(config: Config, grace: Duration) -> anyhow::Result<Appliance> {
         // ring is the only provider compiled in; installing it also makes a stray
@@ -187,6 +214,21 @@ impl Appliance {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let mut addrs = Addrs::default();
+
+        // The tracker subscribes before any server runs, so it sees every event.
+        let tracker = tracker::spawn(
+            &config.tracker,
+            bus.clone(),
+            store.clone(),
+            &state_dir.join("journal"),
+            shutdown.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot start the device tracker (journal in {})",
+                state_dir.join("journal").display()
+            )
+        })?;
 
         // Store changes become wire events.
         {
@@ -255,16 +297,111 @@ impl Appliance {
         };
         addrs.http = http.as_ref().and_then(|s| s.local_addr().ok());
         addrs.https = https.as_ref().and_then(|s| s.local_addr().ok());
+        let tftp = if config.tftp.enabled {
+            Some(TftpServer::bind(&config.tftp, store.clone(), bus.clone()).context("TFTP")?)
+        } else {
+            None
+        };
+        addrs.tftp = tftp.as_ref().map(|t| t.local_addr());
 
+        // DHCP last among the protocols: its templates name the other servers' ports.
+        let mut leases = None;
+        let dhcp = if config.dhcp.enabled
+            && (config.dhcp.pool.is_some() || !config.dhcp.reservations.is_empty())
+        {
+            let db_path = state_dir.join("leases.redb");
+            let db = LeaseDb::open(&db_path)
+                .with_context(|| format!("cannot open the lease database {}", db_path.display()))?;
+            let port = |bound: Option<SocketAddr>, configured: SocketAddr| {
+                bound.map_or(configured.port(), |a| a.port())
+            };
+            let vars = TemplateVars {
+                server: config
+                    .dhcp
+                    .server_ip
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default(),
+                http_port: port(addrs.http, config.http.bind),
+                https_port: port(addrs.https, config.https.bind),
+                ftp_port: port(addrs.ftp, config.ftp.bind),
+                tftp_port: port(addrs.tftp, config.tftp.bind),
+            };
+            let server =
+                DhcpServer::bind(&config.dhcp, vars, db.clone(), bus.clone()).context("DHCP")?;
+            leases = Some(db);
+            Some(server)
+        } else {
+            if config.dhcp.enabled {
+                tracing::info!("DHCP is off: no pool or reservation configured ([dhcp] pool)");
+            }
+            None
+        };
+        addrs.dhcp = dhcp.as_ref().map(|d| d.local_addr());
+
+        let api = if config.api.enabled {
+            let l = tokio::net::TcpListener::bind(config.api.bind)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot bind the API to {}; is another server using the port?",
+                        config.api.bind
+                    )
+                })?;
+            addrs.api = l.local_addr().ok();
+            Some(l)
+        } else {
+            None
+        };
+
+        // Everything is bound: run.
         for server in [http, https].into_iter().flatten() {
+            tasks.spawn(server.run(shutdown.clone(), grace));
+        }
+        if let Some(t) = tftp {
             let sd = shutdown.clone();
-            tasks.spawn(server.run(sd, grace));
+            tasks.spawn(async move {
+                if let Err(e) = t.run(sd).await {
+                    tracing::error!(error = %e, "TFTP server stopped");
+                }
+            });
+        }
+        if let Some(d) = dhcp {
+            let sd = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = d.run(sd).await {
+                    tracing::error!(error = %e, "DHCP server stopped");
+                }
+            });
+        }
+        if let Some(listener) = api {
+            let db = leases.clone();
+            let state = crate::api::ApiState {
+                tracker: tracker.clone(),
+                bus: bus.clone(),
+                store: store.clone(),
+                leases: Arc::new(move || {
+                    db.as_ref().map_or(serde_json::json!([]), |d| {
+                        serde_json::to_value(d.all()).unwrap_or_default()
+                    })
+                }),
+                token: config.api.token.clone(),
+                metrics: metrics_handle()
+                    .context("the Prometheus recorder could not be installed")?,
+            };
+            let sd = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = crate::api::serve(listener, state, sd).await {
+                    tracing::error!(error = %e, "API server stopped");
+                }
+            });
         }
 
         let app = Appliance {
             addrs,
             bus,
             store,
+            tracker,
+            leases,
             config,
             shutdown,
             tasks,

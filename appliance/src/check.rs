@@ -83,7 +83,15 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Err(e) => println!("store: {e} (it is created on first start)"),
     }
     if args.model.is_some() || args.mac.is_some() {
-        println!("(DHCP policy explanation: see below)");
+        let vars = provbox_config::TemplateVars::from_config(&config);
+        let e = provbox_protocols::dhcp::explain(
+            &config.dhcp,
+            &vars,
+            args.model.as_deref(),
+            args.mac,
+            true,
+        );
+        println!("\n{e}");
     }
     Ok(ExitCode::SUCCESS)
 }

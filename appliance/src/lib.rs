@@ -3,11 +3,17 @@
 //! is a thin CLI over this library, which is also the test fixture
 //! ([`Appliance::builder`]).
 
+pub mod api;
 pub mod appliance;
 pub mod check;
+pub mod client;
+pub mod dashboard;
+pub mod demo;
 pub mod export;
 pub mod healthcheck;
 pub mod install;
 pub mod logging;
+pub mod sim;
+pub mod tracker;
 
 pub use appliance::{Addrs, Appliance, ApplianceBuilder};

@@ -43,6 +43,58 @@ enum Command {
     InstallSystemd(provbox::install::InstallSystemdArgs),
     /// Exit 0 if the running appliance answers (the container HEALTHCHECK).
     Healthcheck(provbox::healthcheck::HealthcheckArgs),
+    /// Run the appliance on loopback with a simulated fleet of phones: the whole product
+    /// in one command, no root needed.
+    Demo(provbox::demo::DemoArgs),
+    /// Simulated AudioCodes 400HD phones against any provisioning server.
+    Sim(SimCmd),
+    /// List a running instance's phones (table, or --json).
+    Devices {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live terminal view of a running instance's phones, with a progress bar each.
+    Watch {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Write a JUnit report (one testcase per phone) from a running instance, for CI.
+    Report {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Where to write the JUnit XML.
+        #[arg(long)]
+        junit: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct SimCmd {
+    #[command(subcommand)]
+    sub: Option<SimSub>,
+    #[command(flatten)]
+    args: provbox::sim::SimArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum SimSub {
+    /// Write a synthetic firmware image (a PROVBOX-SIM test format, not a vendor format).
+    MakeImage(provbox::sim::MakeImageArgs),
+}
+
+/// How to reach a running instance's API.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// The API's base URL.
+    #[arg(long, env = "PROVBOX_API", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// Bearer token, when the API requires one.
+    #[arg(long, env = "PROVBOX_API_TOKEN")]
+    token: Option<String>,
 }
 
 /// EX_USAGE from sysexits.h: the config is wrong.
@@ -55,7 +107,13 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, provbox_config:
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, &cli.log_level);
+    // The demo and the simulator draw progress bars: keep the appliance's info lines out
+    // of them unless a level was asked for.
+    let level = match (&cli.command, cli.log_level.as_str()) {
+        (Command::Demo(_) | Command::Sim(_), "info") => "warn",
+        (_, l) => l,
+    };
+    logging::init(cli.log_format, level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("provbox")
@@ -83,6 +141,43 @@ fn main() -> ExitCode {
             Command::ExportDhcp(args) => provbox::export::run(args).await,
             Command::InstallSystemd(args) => provbox::install::run(args).await,
             Command::Healthcheck(args) => provbox::healthcheck::run(args).await,
+            Command::Demo(args) => provbox::demo::run(args).await,
+            Command::Sim(SimCmd {
+                sub: Some(SimSub::MakeImage(args)),
+                ..
+            }) => provbox::sim::make_image_cli(&args).map(|_| ExitCode::SUCCESS),
+            Command::Sim(SimCmd { sub: None, args }) => {
+                let report = provbox::sim::run(args).await?;
+                Ok(if report.all_provisioned() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+            Command::Devices { api, json } => {
+                provbox::client::devices(&api.api, api.token.as_deref(), json)
+                    .await
+                    .map(|_| ExitCode::SUCCESS)
+            }
+            Command::Watch { api } => provbox::client::watch(&api.api, api.token.as_deref())
+                .await
+                .map(|_| ExitCode::SUCCESS),
+            Command::Report { api, junit } => {
+                let summary =
+                    provbox::client::report_junit(&api.api, api.token.as_deref(), &junit).await?;
+                eprintln!(
+                    "{}: {} phones, {} not provisioned",
+                    junit.display(),
+                    summary.phones,
+                    summary.failures
+                );
+                // A CI pipeline fails when a phone did not make it.
+                Ok(if summary.failures == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
         }
     });
     match result {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use types::{Duration, Ipv4Net, Ipv4Range, MacAddr, MacPrefix, PortRange};
-pub use validate::{PLACEHOLDERS, expand_template};
+pub use validate::{PLACEHOLDERS, TemplateVars, expand_template};
 
 /// A config problem, with where it is and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +307,9 @@ pub struct TftpConfig {
     pub max_windowsize: u16,
     /// Initial retransmission timeout; adapted to the measured RTT after the first ACKs.
     pub timeout: Duration,
+    /// Floor of the adapted retransmission timeout: below it, scheduling hiccups of a
+    /// busy host would look like losses.
+    pub min_timeout: Duration,
     /// Retransmissions of one packet before the transfer is given up.
     pub retries: u32,
     /// Accept WRQ into this directory (phone logs). Refused when unset.
@@ -325,6 +328,7 @@ impl Default for TftpConfig {
             max_blksize: 65464,
             max_windowsize: 64,
             timeout: Duration::from_secs(1),
+            min_timeout: Duration::from_millis(10),
             retries: 6,
             upload_dir: None,
             upload_max: 16 * 1024 * 1024,
@@ -460,6 +464,12 @@ pub struct TrackerConfig {
     pub journal_max_bytes: u64,
     /// Rotated journal files kept.
     pub journal_keep: usize,
+    /// A read of a firmware image that stops at or below this many bytes is a header
+    /// check (Range, early close, TFTP ERROR after two blocks); past it, a download.
+    pub firmware_check_bytes: u64,
+    /// Compare a delivered config's `system/type` with the phone's model and show a
+    /// mismatch as `config_rejected` (the phone discards such a file).
+    pub check_config_model: bool,
 }
 
 impl Default for TrackerConfig {
@@ -470,6 +480,8 @@ impl Default for TrackerConfig {
             burn_time: BTreeMap::new(),
             journal_max_bytes: 64 * 1024 * 1024,
             journal_keep: 4,
+            firmware_check_bytes: 256 * 1024,
+            check_config_model: true,
         }
     }
 }

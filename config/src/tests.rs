@@ -106,15 +106,31 @@ fn api_beyond_loopback_needs_token() {
 
 #[test]
 fn template_expansion_keeps_phone_placeholders() {
+    let vars = TemplateVars {
+        server: "192.0.2.1".into(),
+        https_port: 8443,
+        ..TemplateVars::default()
+    };
     assert_eq!(
         expand_template(
             "https://{server}/{model}.img;<MAC>.cfg",
-            "192.0.2.1",
+            &vars,
             "00908f123456",
             "450HD"
         ),
         "https://192.0.2.1/450HD.img;<MAC>.cfg"
     );
+    assert_eq!(
+        expand_template(
+            "https://{server}:{https_port}/{mac}/<MODEL>.img;{bogus}{tftp_port}{",
+            &vars,
+            "00908f123456",
+            "450HD"
+        ),
+        "https://192.0.2.1:8443/00908f123456/<MODEL>.img;{bogus}69{"
+    );
+    parse("[dhcp]\nprovisioning_url = \"https://{server}:{https_port}/450HD.img;<MAC>.cfg\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 // ---- environment overrides (PROVBOX_<SECTION>_<FIELD>) ----

@@ -12,14 +12,106 @@ use crate::{Config, ConfigError};
 
 /// Placeholders provbox expands in URL templates. The phone's own `<MAC>` and `<MODEL>`
 /// are different: they are passed through for the phone to expand.
-pub const PLACEHOLDERS: [&str; 3] = ["server", "mac", "model"];
+pub const PLACEHOLDERS: [&str; 7] = [
+    "server",
+    "mac",
+    "model",
+    "http_port",
+    "https_port",
+    "ftp_port",
+    "tftp_port",
+];
 
-/// Expands `{server}`, `{mac}` and `{model}` in a template; `<MAC>`/`<MODEL>` stay as they are.
-pub fn expand_template(template: &str, server: &str, mac: &str, model: &str) -> String {
-    template
-        .replace("{server}", server)
-        .replace("{mac}", mac)
-        .replace("{model}", model)
+/// The appliance-wide values templates may name: the address phones reach provbox at and
+/// the ports its file servers listen on. The ports are needed because in loopback and
+/// test mode the file servers run on ephemeral ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateVars {
+    /// `{server}`: an address or host name. Empty means "the DHCP server's own address",
+    /// which the DHCP server fills in once it knows it.
+    pub server: String,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub ftp_port: u16,
+    pub tftp_port: u16,
+}
+
+impl Default for TemplateVars {
+    fn default() -> Self {
+        Self {
+            server: String::new(),
+            http_port: 80,
+            https_port: 443,
+            ftp_port: 21,
+            tftp_port: 69,
+        }
+    }
+}
+
+impl TemplateVars {
+    /// The values a config file implies: `dhcp.server_ip` and the configured bind ports.
+    pub fn from_config(c: &crate::Config) -> Self {
+        Self {
+            server: c
+                .dhcp
+                .server_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            http_port: c.http.bind.port(),
+            https_port: c.https.bind.port(),
+            ftp_port: c.ftp.bind.port(),
+            tftp_port: c.tftp.bind.port(),
+        }
+    }
+}
+
+/// Expands provbox's `{...}` placeholders (see [`PLACEHOLDERS`]) in one pass; the phone's
+/// own `<MAC>`/`<MODEL>` and any unknown `{name}` stay as they are.
+pub fn expand_template(template: &str, vars: &TemplateVars, mac: &str, model: &str) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let name = &after[..end];
+        let mut num = [0u8; 5];
+        let value: Option<&str> = match name {
+            "server" => Some(&vars.server),
+            "mac" => Some(mac),
+            "model" => Some(model),
+            "http_port" => Some(fmt_port(&mut num, vars.http_port)),
+            "https_port" => Some(fmt_port(&mut num, vars.https_port)),
+            "ftp_port" => Some(fmt_port(&mut num, vars.ftp_port)),
+            "tftp_port" => Some(fmt_port(&mut num, vars.tftp_port)),
+            _ => None,
+        };
+        match value {
+            Some(v) => out.push_str(v),
+            None => out.push_str(&rest[start..start + end + 2]),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Formats a port into `buf` without allocating.
+fn fmt_port(buf: &mut [u8; 5], port: u16) -> &str {
+    let mut n = port;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// The `{name}` placeholders in a template that provbox does not know.
@@ -179,7 +271,7 @@ pub(crate) fn validate(c: &Config, text: &str, file: &str, base: &Path) -> Resul
                 return Err(cx.err(
                     path,
                     format!(
-                        "unknown placeholder {} in \"{t}\"; provbox expands {{server}}, {{mac}} and {{model}}, and passes the phone's own <MAC> and <MODEL> through",
+                        "unknown placeholder {} in \"{t}\"; provbox expands {{server}}, {{mac}}, {{model}}, {{http_port}}, {{https_port}}, {{ftp_port}} and {{tftp_port}}, and passes the phone's own <MAC> and <MODEL> through",
                         bad.join(", ")
                     ),
                 ));

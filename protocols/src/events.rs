@@ -64,6 +64,9 @@ pub struct TftpOptions {
     pub windowsize: u16,
     pub timeout_ms: u64,
     pub tsize: Option<u64>,
+    /// Round trip of the first exchange (OACK or first block to its ACK), microseconds.
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
 }
 
 /// One thing that happened.

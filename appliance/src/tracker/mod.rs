@@ -1,0 +1,509 @@
+//! The device tracker: wire events → per-phone journeys, kept in a journal and offered
+//! to the API, the dashboard and the test fixture.
+//!
+//! - [`state`]: the pure state machine ([`Tracker`]), driven by events and a clock tick;
+//! - [`attribution`]: which phone a transfer belongs to;
+//! - [`ua`]: what User-Agents say;
+//! - this module: the runner task ([`spawn`]) that subscribes to the bus, journals every
+//!   event and state change, rebuilds from the journal at start-up, checks delivered
+//!   configs against the phone's model, and publishes a resumable feed (for SSE).
+//!
+//! # The journal and rebuilding
+//!
+//! Records are [`Record`]s, one JSON line each. Replaying `Event`, `Verdict` and `Tick`
+//! records through the tracker reproduces it exactly (it is deterministic); `Change`
+//! records are what the replay regenerates, kept for people and tools reading the file.
+//! Each rotated file starts with a `Snapshot` of the whole fleet, so a rebuild starts
+//! from the newest snapshot and never needs a file rotation dropped.
+//!
+//! # The feed
+//!
+//! Every processed record yields feed items, numbered by one counter that the
+//! snapshot carries and the replay regenerates: `wire` (the event), `state` (each
+//! transition) and `device` (each changed row). A client that reconnects with
+//! `Last-Event-ID` gets what it missed from a ring of recent items, even across a
+//! restart; one that is too far behind gets a `reset` and reloads.
+
+pub mod attribution;
+pub mod state;
+pub mod ua;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use provbox_config::TrackerConfig;
+use provbox_protocols::events::{EventBus, EventKind, WireEvent, now_ms};
+use provbox_protocols::warn_limited;
+use provbox_storage::Store;
+use provbox_storage::journal::{self, Journal, JournalError, JournalOptions};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use state::{
+    ConfigCheck, DeviceDetail, DeviceView, FileRecord, Fleet, PhoneState, ProgressView, Receipt,
+    StateChange, TimelineEntry, Tracker,
+};
+
+/// One journal line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "rec", content = "data", rename_all = "snake_case")]
+pub enum Record {
+    Event(WireEvent),
+    Change(StateChange),
+    /// A delivered config's `system/type`, read by the runner.
+    Verdict {
+        check: ConfigCheck,
+        system_type: Option<String>,
+        at_ms: u64,
+    },
+    /// A clock tick that changed something (stalls).
+    Tick {
+        at_ms: u64,
+    },
+    /// The whole fleet, first in each rotated file.
+    Snapshot {
+        feed_seq: u64,
+        fleet: Box<Fleet>,
+    },
+}
+
+/// Tracker start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error("cannot rebuild the device tracker from its journal in {dir}: {source}")]
+    Journal { dir: PathBuf, source: JournalError },
+}
+
+/// Why `wait_for` gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("device {key} did not reach {state} within {timeout:?}; it is {now}")]
+    Timeout {
+        key: String,
+        state: PhoneState,
+        timeout: Duration,
+        now: String,
+    },
+    #[error("the tracker stopped while waiting for {key} to reach {state}")]
+    Stopped { key: String, state: PhoneState },
+}
+
+/// One item of the live feed (an SSE message).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedItem {
+    pub id: u64,
+    /// `wire`, `state` or `device` (or `removed` when an address row merged into a phone).
+    pub event: &'static str,
+    /// JSON.
+    pub data: Arc<str>,
+}
+
+const FEED_RING: usize = 20_000;
+
+#[derive(Debug)]
+struct Feed {
+    seq: u64,
+    ring: VecDeque<Arc<FeedItem>>,
+    tx: broadcast::Sender<Arc<FeedItem>>,
+}
+
+impl Feed {
+    fn push(&mut self, event: &'static str, data: String) {
+        self.seq += 1;
+        let item = Arc::new(FeedItem {
+            id: self.seq,
+            event,
+            data: data.into(),
+        });
+        if self.ring.len() >= FEED_RING {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(item.clone());
+        let _ = self.tx.send(item);
+    }
+}
+
+/// What a feed subscriber gets: the items it missed, then the live receiver.
+#[derive(Debug)]
+pub struct FeedSubscription {
+    pub backlog: Vec<Arc<FeedItem>>,
+    /// The requested id is older than the ring: the client must reload its state.
+    pub reset: bool,
+    pub live: broadcast::Receiver<Arc<FeedItem>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tracker: Mutex<Tracker>,
+    feed: Mutex<Feed>,
+    changes: broadcast::Sender<StateChange>,
+    version: watch::Sender<u64>,
+    stopped: CancellationToken,
+}
+
+/// A handle on the running tracker. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TrackerHandle {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl TrackerHandle {
+    fn new(tracker: Tracker, stopped: CancellationToken) -> TrackerHandle {
+        let (tx, _) = broadcast::channel(4096);
+        let (changes, _) = broadcast::channel(4096);
+        let (version, _) = watch::channel(0);
+        TrackerHandle {
+            inner: Arc::new(Inner {
+                tracker: Mutex::new(tracker),
+                feed: Mutex::new(Feed {
+                    seq: 0,
+                    ring: VecDeque::new(),
+                    tx,
+                }),
+                changes,
+                version,
+                stopped,
+            }),
+        }
+    }
+
+    /// Every phone, as table rows.
+    pub fn devices(&self) -> Vec<DeviceView> {
+        lock(&self.inner.tracker).devices_at(now_ms())
+    }
+
+    /// One phone with its timeline; `key` is a MAC in any spelling or an address.
+    pub fn device(&self, key: &str) -> Option<DeviceDetail> {
+        lock(&self.inner.tracker).device_at(key, now_ms())
+    }
+
+    pub fn receipt(&self, key: &str) -> Option<Receipt> {
+        lock(&self.inner.tracker).receipt(key)
+    }
+
+    /// Phones per state.
+    pub fn counts(&self) -> std::collections::BTreeMap<PhoneState, usize> {
+        lock(&self.inner.tracker).counts()
+    }
+
+    /// State transitions as they happen.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<StateChange> {
+        self.inner.changes.subscribe()
+    }
+
+    /// The feed after `after` (none: live only). Atomic with respect to new items:
+    /// nothing is missed or repeated between the backlog and the live receiver.
+    pub fn subscribe_feed(&self, after: Option<u64>) -> FeedSubscription {
+        let feed = lock(&self.inner.feed);
+        let live = feed.tx.subscribe();
+        let Some(after) = after else {
+            return FeedSubscription {
+                backlog: Vec::new(),
+                reset: false,
+                live,
+            };
+        };
+        let oldest = feed.ring.front().map(|i| i.id).unwrap_or(feed.seq + 1);
+        // The client is ahead of us (a journal was deleted): it must reload.
+        let reset = after > feed.seq || (after + 1 < oldest && after < feed.seq);
+        let backlog = feed.ring.iter().filter(|i| i.id > after).cloned().collect();
+        FeedSubscription {
+            backlog,
+            reset,
+            live,
+        }
+    }
+
+    /// The id of the newest feed item.
+    pub fn feed_seq(&self) -> u64 {
+        lock(&self.inner.feed).seq
+    }
+
+    /// Waits until the device `key` has reached `state` (now or at any earlier point of
+    /// its timeline), then returns its current row.
+    pub async fn wait_for(
+        &self,
+        key: &str,
+        state: PhoneState,
+        timeout: Duration,
+    ) -> Result<DeviceView, WaitError> {
+        let mut rx = self.inner.version.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let t = lock(&self.inner.tracker);
+                if t.has_reached(key, state)
+                    && let Some(v) = t.view(key, now_ms())
+                {
+                    return Ok(v);
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(WaitError::Stopped {
+                        key: key.to_string(),
+                        state,
+                    });
+                }
+                Err(_) => {
+                    let now = lock(&self.inner.tracker)
+                        .view(key, now_ms())
+                        .map(|v| match v.reason {
+                            Some(r) => format!("{} ({r})", v.state),
+                            None => v.state.to_string(),
+                        })
+                        .unwrap_or_else(|| "unknown to the tracker".into());
+                    return Err(WaitError::Timeout {
+                        key: key.to_string(),
+                        state,
+                        timeout,
+                        now,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Cancelled when the tracker stops (shutdown): long-lived streams end with it.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.inner.stopped.clone()
+    }
+
+    /// True once the runner has stopped (shutdown).
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.is_cancelled()
+    }
+
+    /// Applies one record and emits the feed. Used by the runner and by the replay.
+    fn process(&self, rec: &Record, index: &provbox_storage::Index) -> Vec<StateChange> {
+        let mut t = lock(&self.inner.tracker);
+        let changes = match rec {
+            Record::Event(ev) => t.apply(ev, index),
+            Record::Verdict {
+                check,
+                system_type,
+                at_ms,
+            } => t.config_verdict(check, system_type.as_deref(), *at_ms),
+            Record::Tick { at_ms } => t.tick(*at_ms),
+            Record::Change(_) => return Vec::new(),
+            Record::Snapshot { feed_seq, fleet } => {
+                t.restore((**fleet).clone());
+                let mut feed = lock(&self.inner.feed);
+                feed.seq = *feed_seq;
+                feed.ring.clear();
+                return Vec::new();
+            }
+        };
+        let touched = t.take_touched();
+        let now = t.now_ms();
+        let mut feed = lock(&self.inner.feed);
+        if let Record::Event(ev) = rec {
+            feed.push("wire", serde_json::to_string(ev).unwrap_or_default());
+        }
+        for c in &changes {
+            feed.push("state", serde_json::to_string(c).unwrap_or_default());
+        }
+        for k in touched {
+            match t.view(&k, now) {
+                Some(v) => feed.push("device", serde_json::to_string(&v).unwrap_or_default()),
+                None => feed.push("removed", serde_json::json!({ "key": k }).to_string()),
+            }
+        }
+        drop(feed);
+        drop(t);
+        for c in &changes {
+            let _ = self.inner.changes.send(c.clone());
+        }
+        self.inner.version.send_modify(|v| *v += 1);
+        changes
+    }
+}
+
+/// Rebuilds the tracker from the journal in `journal_dir`, then runs it on the bus
+/// until `shutdown`. Must be called inside a tokio runtime.
+pub fn spawn(
+    cfg: &TrackerConfig,
+    bus: EventBus,
+    store: Store,
+    journal_dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<TrackerHandle, TrackerError> {
+    let jerr = |source| TrackerError::Journal {
+        dir: journal_dir.to_path_buf(),
+        source,
+    };
+    // Subscribe before reading, so nothing published meanwhile is lost (events the
+    // journal already has are skipped by sequence number).
+    let rx = bus.subscribe();
+    let handle = TrackerHandle::new(Tracker::new(cfg), shutdown.child_token());
+    let read = journal::read_all::<Record>(journal_dir).map_err(jerr)?;
+    if read.skipped > 0 {
+        tracing::warn!(dir = %journal_dir.display(), skipped = read.skipped, "journal lines could not be read and were skipped (a torn last line after a crash is normal)");
+    }
+    let start = read
+        .records
+        .iter()
+        .rposition(|r| matches!(r, Record::Snapshot { .. }))
+        .unwrap_or(0);
+    let index = store.index();
+    let mut replayed = 0usize;
+    for rec in &read.records[start..] {
+        handle.process(rec, &index);
+        replayed += 1;
+    }
+    let (last_seq, last_id) = {
+        let t = lock(&handle.inner.tracker);
+        (t.fleet().last_seq, t.fleet().last_transfer_id)
+    };
+    bus.resume_after(last_seq, last_id);
+    if replayed > 0 {
+        tracing::info!(
+            records = replayed,
+            devices = handle.devices().len(),
+            last_seq,
+            "device tracker rebuilt from its journal"
+        );
+    }
+    let journal = Journal::open(
+        journal_dir,
+        JournalOptions {
+            max_bytes: cfg.journal_max_bytes,
+            keep: cfg.journal_keep,
+        },
+    )
+    .map_err(jerr)?;
+    let runner = Runner {
+        handle: handle.clone(),
+        store,
+        journal,
+        skip_until: last_seq,
+    };
+    tokio::spawn(runner.run(rx, shutdown));
+    Ok(handle)
+}
+
+struct Runner {
+    handle: TrackerHandle,
+    store: Store,
+    journal: Journal,
+    skip_until: u64,
+}
+
+impl Runner {
+    async fn run(
+        mut self,
+        mut rx: broadcast::Receiver<Arc<WireEvent>>,
+        shutdown: CancellationToken,
+    ) {
+        let (vtx, mut vrx) = mpsc::unbounded_channel::<Record>();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = rx.recv() => match r {
+                    Ok(ev) => {
+                        if ev.seq <= self.skip_until && !matches!(ev.kind, EventKind::StoreChanged { .. }) {
+                            continue;
+                        }
+                        self.record(Record::Event((*ev).clone()), &vtx);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        metrics::counter!("provbox_tracker_events_lost_total").increment(n);
+                        warn_limited!(lost = n, "the device tracker fell behind the event bus; some events were not tracked");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                Some(v) = vrx.recv() => self.record(v, &vtx),
+                _ = tick.tick() => {
+                    let now = now_ms();
+                    // Ticks are journaled only when they change something.
+                    let due = lock(&self.handle.inner.tracker).tick_due(now);
+                    if due {
+                        self.record(Record::Tick { at_ms: now }, &vtx);
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.journal.sync() {
+            tracing::warn!(error = %e, "cannot sync the journal at shutdown");
+        }
+        self.handle.inner.stopped.cancel();
+        self.handle.inner.version.send_modify(|v| *v += 1);
+    }
+
+    fn record(&mut self, rec: Record, verdicts: &mpsc::UnboundedSender<Record>) {
+        if self.journal.should_rotate() {
+            let snapshot = {
+                let t = lock(&self.handle.inner.tracker);
+                Record::Snapshot {
+                    feed_seq: self.handle.feed_seq(),
+                    fleet: Box::new(t.fleet().clone()),
+                }
+            };
+            if let Err(e) = self.journal.rotate_with(&snapshot) {
+                metrics::counter!("provbox_journal_errors_total").increment(1);
+                warn_limited!(error = %e, "cannot rotate the journal");
+            }
+        }
+        self.append(&rec);
+        let index = self.store.index();
+        let changes = self.handle.process(&rec, &index);
+        for c in changes {
+            metrics::counter!("provbox_tracker_transitions_total", "to" => c.to.as_str())
+                .increment(1);
+            self.append(&Record::Change(c));
+        }
+        let checks = lock(&self.handle.inner.tracker).take_config_checks();
+        for check in checks {
+            let store = self.store.clone();
+            let tx = verdicts.clone();
+            tokio::spawn(async move {
+                let system_type = read_system_type(&store, &check).await;
+                let _ = tx.send(Record::Verdict {
+                    check,
+                    system_type,
+                    at_ms: now_ms(),
+                });
+            });
+        }
+    }
+
+    fn append(&mut self, rec: &Record) {
+        if let Err(e) = self.journal.append(rec) {
+            metrics::counter!("provbox_journal_errors_total").increment(1);
+            warn_limited!(error = %e, "cannot append to the journal; tracking continues in memory");
+        }
+    }
+}
+
+/// Reads the `system/type` of the config version that was served (by hash).
+async fn read_system_type(store: &Store, check: &ConfigCheck) -> Option<String> {
+    let snap = store.open(&check.file).await.ok()?;
+    if snap.entry.sha256 != check.sha256 {
+        return None;
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = snap.read_full_at(&mut buf, 0).ok()?;
+        buf.truncate(n);
+        state::system_type(&String::from_utf8_lossy(&buf))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[cfg(test)]
+mod tests;

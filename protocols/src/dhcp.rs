@@ -1,1 +1,0 @@
-//! dhcp server (work in progress).

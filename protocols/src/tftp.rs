@@ -1,1 +1,0 @@
-//! tftp server (work in progress).
