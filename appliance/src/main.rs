@@ -37,12 +37,6 @@ enum Command {
     },
     /// Validate the config and the store; explain what a phone would be given.
     Check(provbox::check::CheckArgs),
-    /// Write the [dhcp] policies as config for ISC dhcpd, Kea or dnsmasq.
-    ExportDhcp(provbox::export::ExportDhcpArgs),
-    /// Install as a hardened systemd service (needs root).
-    InstallSystemd(provbox::install::InstallSystemdArgs),
-    /// Exit 0 if the running appliance answers (the container HEALTHCHECK).
-    Healthcheck(provbox::healthcheck::HealthcheckArgs),
     /// Run the appliance on loopback with a simulated fleet of phones: the whole product
     /// in one command, no root needed.
     Demo(provbox::demo::DemoArgs),
@@ -69,6 +63,12 @@ enum Command {
         #[arg(long)]
         junit: PathBuf,
     },
+    /// Write the [dhcp] policies as config for ISC dhcpd, Kea or dnsmasq.
+    ExportDhcp(provbox::export::ExportDhcpArgs),
+    /// Install as a hardened systemd service (needs root).
+    InstallSystemd(provbox::install::InstallSystemdArgs),
+    /// Exit 0 if the running appliance answers (the container HEALTHCHECK).
+    Healthcheck(provbox::healthcheck::HealthcheckArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,9 +138,6 @@ fn main() -> ExitCode {
                 serve(config).await.map(|_| ExitCode::SUCCESS)
             }
             Command::Check(args) => provbox::check::run(args).await,
-            Command::ExportDhcp(args) => provbox::export::run(args).await,
-            Command::InstallSystemd(args) => provbox::install::run(args).await,
-            Command::Healthcheck(args) => provbox::healthcheck::run(args).await,
             Command::Demo(args) => provbox::demo::run(args).await,
             Command::Sim(SimCmd {
                 sub: Some(SimSub::MakeImage(args)),
@@ -178,6 +175,9 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 })
             }
+            Command::ExportDhcp(args) => provbox::export::run(args).await,
+            Command::InstallSystemd(args) => provbox::install::run(args).await,
+            Command::Healthcheck(args) => provbox::healthcheck::run(args).await,
         }
     });
     match result {

@@ -4,10 +4,9 @@
 //! binds its leased address, and for the header check stops after N blocks with an
 //! ERROR (code 0).
 //!
-//! Limits of the shared client as used here: it reports progress as a byte count, not
-//! the bytes, so the data reaches the sink when the transfer ends (the whole file is
-//! held in memory meanwhile), and a slow link cannot be paced (ACK timing is inside
-//! the client).
+//! The bytes reach the sink block by block as they arrive (nothing holds the whole
+//! file, so a fleet of large images fits in memory). Limit of the shared client as used
+//! here: a slow link cannot be paced (ACK timing is inside the client).
 
 use std::time::Duration;
 
@@ -37,25 +36,21 @@ pub async fn get(t: &Transport, req: &Request<'_>, sink: Sink<'_>) -> Result<Fet
         retries: t.tftp.retries,
         bind_ip: req.bind_ip.map(Into::into),
         stop_after_blocks: stop_after,
-        keep_data: true,
+        keep_data: false,
         ..ClientOptions::default()
     };
     // The TFTP path is the URL path without its leading slash (servers chroot anyway).
     let path = url.path.trim_start_matches('/');
-    let res = client::fetch(server, path, opts, |_| {})
+    let res = client::fetch_streaming(server, path, opts, |d| sink(d))
         .await
         .map_err(|e| map_err(&u, e))?;
-    let data = res.data.unwrap_or_default();
-    for chunk in data.chunks(64 * 1024) {
-        sink(chunk);
-    }
     let total = res
         .oack
         .as_ref()
         .and_then(|o| o.tsize)
         .or(res.complete.then_some(res.len));
     Ok(Fetched {
-        bytes: data.len() as u64,
+        bytes: res.len,
         total,
         validator: None,
     })

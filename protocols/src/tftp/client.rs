@@ -115,6 +115,28 @@ pub async fn fetch(
     opts: ClientOptions,
     mut progress: impl FnMut(u64),
 ) -> Result<FetchResult, ClientError> {
+    fetch_inner(server, path, opts, |_, len| progress(len)).await
+}
+
+/// Like [`fetch`], but hands each block's bytes (after netascii translation) to
+/// `on_data` as it arrives, so a caller can stream a large file without holding it
+/// (set `keep_data: false`). The bytes of a transfer that fails were already handed
+/// over: the caller must discard them.
+pub async fn fetch_streaming(
+    server: SocketAddr,
+    path: &str,
+    opts: ClientOptions,
+    mut on_data: impl FnMut(&[u8]),
+) -> Result<FetchResult, ClientError> {
+    fetch_inner(server, path, opts, |bytes, _| on_data(bytes)).await
+}
+
+async fn fetch_inner(
+    server: SocketAddr,
+    path: &str,
+    opts: ClientOptions,
+    mut progress: impl FnMut(&[u8], u64),
+) -> Result<FetchResult, ClientError> {
     let io_err = |source| ClientError::Io {
         server,
         path: path.to_string(),
@@ -234,7 +256,7 @@ pub async fn fetch(
         if keep {
             data.extend_from_slice(bytes);
         }
-        progress(len);
+        progress(bytes, len);
         match stop_after {
             Some(n) if blocks >= n && block.len() == bs => Sink::Stop(
                 ErrorCode::NotDefined,
@@ -288,6 +310,9 @@ pub async fn fetch(
         len += scratch.len() as u64;
         if keep {
             data.extend_from_slice(&scratch);
+        }
+        if !scratch.is_empty() {
+            progress(&scratch, len);
         }
     }
     Ok(FetchResult {

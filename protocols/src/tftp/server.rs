@@ -491,6 +491,8 @@ impl Shared {
             retransmits: 0,
             heard: &heard,
             srtt: None,
+            acked: 0,
+            reported: 0,
         };
         tracing::debug!(%peer, path = %req.filename, mode = %req.mode, ?granted, "TFTP read transfer starting");
         let end = transfer::send(
@@ -586,7 +588,14 @@ struct Accounting<'a> {
     retransmits: u64,
     heard: &'a AtomicBool,
     srtt: Option<Duration>,
+    /// Bytes acknowledged, and the part of them already given to the `Transfer`
+    /// (it is told every [`REPORT_BYTES`], not every ACK: it counts metrics per call).
+    acked: u64,
+    reported: u64,
 }
+
+/// Acknowledged bytes between two progress reports to the `Transfer`.
+const REPORT_BYTES: u64 = 64 * 1024;
 
 impl Accounting<'_> {
     fn transfer(&mut self) -> &mut Transfer {
@@ -615,7 +624,9 @@ impl Accounting<'_> {
 
     fn end(mut self, end: SendEnd, timeout: Duration) {
         let retransmits = self.retransmits;
+        let acked = self.acked;
         let t = self.transfer();
+        t.progress(acked);
         let id = t.id();
         let reason = match end {
             SendEnd::Done => {
@@ -665,13 +676,22 @@ impl Accounting<'_> {
 }
 
 impl SendObserver for Accounting<'_> {
-    fn acked(&mut self, acked: u64, rtt: &RttEstimator) {
+    fn acked(&mut self, acked: u64, sample: Option<Duration>, rtt: &RttEstimator) {
         self.srtt = rtt.srtt();
         if self.transfer.is_none() {
             self.heard.store(true, Ordering::Release);
-            self.options.rtt_us = rtt.srtt().map(|d| d.as_micros() as u64);
+            self.options.rtt_us = sample.map(|d| d.as_micros() as u64);
         }
-        self.transfer().progress(acked);
+        self.acked = acked;
+        if self.reported == 0 || acked - self.reported >= REPORT_BYTES || acked >= self.size {
+            self.reported = acked;
+            self.transfer().progress(acked);
+        }
+    }
+
+    fn delivered(&mut self, len: u64) {
+        tracing::debug!(peer = %self.peer, path = self.path, "TFTP: final ACK lost, client closed its port: counted as delivered");
+        self.transfer().progress(len);
     }
 
     fn retransmitted(&mut self, n: u64) {

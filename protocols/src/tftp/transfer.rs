@@ -124,6 +124,12 @@ pub(crate) struct BlockReader {
     chunk_blocks: u64,
 }
 
+/// The OACK is retransmitted on this timer (or the negotiated timeout if longer),
+/// not on the adaptive one: atftp aborts on a second OACK ("unexpected OACK") when
+/// only its ACK 0 was lost, and every client repeats its RRQ (answered at once, see
+/// `kick`) or its ACK 0 on its own timer well before this.
+const OACK_RETRY: Duration = Duration::from_secs(6);
+
 /// Bytes read from disk at a time (rounded to whole blocks, at least one window).
 const CHUNK_BYTES: u64 = 64 * 1024;
 
@@ -236,10 +242,13 @@ pub(crate) enum SendEnd {
 
 /// What the sender reports as it goes.
 pub(crate) trait SendObserver {
-    /// The window advanced: `acked` bytes are now acknowledged.
-    fn acked(&mut self, acked: u64, rtt: &RttEstimator);
+    /// The window advanced: `acked` bytes are now acknowledged; `sample` is the round
+    /// trip of the acknowledged packet when it was sent once.
+    fn acked(&mut self, acked: u64, sample: Option<Duration>, rtt: &RttEstimator);
     /// `n` packets were sent again.
     fn retransmitted(&mut self, n: u64);
+    /// The client has everything though its last ACK never came (it closed its port).
+    fn delivered(&mut self, len: u64);
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -270,14 +279,37 @@ pub(crate) async fn send(
     let mut sent: VecDeque<Sent> = VecDeque::with_capacity(w as usize);
     let mut rtt = RttEstimator::new(p.timeout, p.min_timeout, p.timeout);
     let mut strikes: u32 = 0;
+    // Consecutive timeouts without progress.
+    let mut stalls: u32 = 0;
+    let oack_timer = OACK_RETRY.max(p.timeout);
+    let oack_strikes = oack_timer
+        .as_millis()
+        .div_ceil(p.timeout.as_millis().max(1)) as u32;
     let mut errors: u32 = 0;
     let mut pkt = Vec::with_capacity(DATA_HEADER_LEN + usize::from(p.blksize));
     let mut rbuf = vec![0u8; 2048];
     let mut deadline = Instant::now();
+    // Made once and polled by reference: a fresh timer and cancellation waiter per
+    // packet would cost a timer-wheel insertion and a lock on the shared token.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
 
     loop {
         // Fill the window. While the OACK is unacknowledged it is the whole window.
-        let win_end = if una == 0 { 0 } else { total.min(una + w - 1) };
+        //
+        // From the second timeout in a row the window reaches one block further. A
+        // client whose ACK was lost holds the window already; some (atftp) answer only
+        // the first duplicate and then wait out their own multi-second timer, but
+        // always take the next block in sequence, which gets them acknowledging again.
+        // A client that lacks the window takes both in order.
+        let extra = u64::from(stalls >= 2);
+        let win_end = if una == 0 {
+            0
+        } else {
+            total.min(una + w - 1 + extra)
+        };
         let mut burst = false;
         let mut again = 0u64;
         while nxt <= win_end {
@@ -299,7 +331,7 @@ pub(crate) async fn send(
                 link.send(&pkt).await
             };
             if let Err(e) = res {
-                return end_on_io(e);
+                return end_on_io(e, una, nxt, total, reader.len, obs);
             }
             sent.push_back(Sent {
                 at: Instant::now(),
@@ -316,18 +348,31 @@ pub(crate) async fn send(
             obs.retransmitted(again);
         }
         if burst {
-            deadline = Instant::now() + rtt.rto();
+            deadline = Instant::now() + if una == 0 { oack_timer } else { rtt.rto() };
         }
 
         // Wait for the next packet, a timeout, a kick, or shutdown. A datagram that
         // is already queued is taken without a trip through the reactor.
-        let got = match link.try_recv(&mut rbuf) {
-            Some(r) => Some(r),
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        // A stream of queued datagrams (a peer flooding duplicates) must not starve
+        // the timer, shutdown, or the other tasks on this worker.
+        let queued = if Instant::now() >= deadline || cancel.is_cancelled() {
+            None
+        } else {
+            link.try_recv(&mut rbuf)
+        };
+        let got = match queued {
+            Some(r) => {
+                tokio::task::consume_budget().await;
+                Some(r)
+            }
             None => tokio::select! {
                 biased;
-                () = cancel.cancelled() => return SendEnd::Cancelled,
+                () = &mut cancelled => return SendEnd::Cancelled,
                 r = link.recv(&mut rbuf) => Some(r),
-                () = tokio::time::sleep_until(deadline) => None,
+                () = &mut timer => None,
                 () = kick.notified(), if una == first => {
                     // The client repeated its request before hearing from us: resend.
                     nxt = una;
@@ -339,7 +384,14 @@ pub(crate) async fn send(
 
         let Some(res) = got else {
             // Timeout: count it, back off, go back to the oldest unacknowledged block.
-            if rtt.at_max() {
+            if una == 0 {
+                strikes += oack_strikes;
+                if strikes > p.retries {
+                    return SendEnd::TimedOut {
+                        retransmissions: strikes / oack_strikes - 1,
+                    };
+                }
+            } else if rtt.at_max() {
                 strikes += 1;
                 if strikes > p.retries {
                     let _ = link
@@ -354,6 +406,7 @@ pub(crate) async fn send(
                 }
             }
             rtt.backoff();
+            stalls += 1;
             nxt = una;
             sent.clear();
             continue;
@@ -364,7 +417,9 @@ pub(crate) async fn send(
                 n
             }
             Err(e) if e.kind() == SUPERSEDED => return SendEnd::Superseded,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return SendEnd::PeerGone(e),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                return end_on_io(e, una, nxt, total, reader.len, obs);
+            }
             Err(e) => {
                 // Transient socket errors (e.g. ENOBUFS) are survivable; a stream of them is not.
                 errors += 1;
@@ -380,21 +435,31 @@ pub(crate) async fn send(
                     continue;
                 };
                 // A new ACK: slide. Karn: only a block sent once gives an RTT sample.
+                // The OACK's does not feed the timer: it is not retransmitted on the
+                // adaptive timer, so a lost ACK 0 comes back on the client's own timer
+                // (seconds) and would poison the estimate for dozens of round trips.
                 let idx = (a - una) as usize;
+                let mut sample = None;
                 if let Some(s) = sent.get(idx)
                     && !s.again
                 {
-                    rtt.sample(s.at.elapsed());
+                    sample = Some(s.at.elapsed());
+                    if a > 0 {
+                        rtt.sample(s.at.elapsed());
+                    }
                 }
                 sent.drain(..(idx + 1).min(sent.len()));
                 una = a + 1;
                 strikes = 0;
-                if a + 1 < nxt {
+                stalls = 0;
+                if a + 1 < nxt && w > 1 {
                     // The client saw a gap: new window right after its ACK (RFC 7440).
+                    // (In lock-step a block beyond the ACK is the recovery block above,
+                    // still on its way.)
                     nxt = una;
                     sent.clear();
                 }
-                obs.acked((a * bs).min(reader.len), &rtt);
+                obs.acked((a * bs).min(reader.len), sample, &rtt);
                 if una > total {
                     return SendEnd::Done;
                 }
@@ -425,9 +490,22 @@ fn ack_abs(b: u16, una: u64, nxt: u64) -> Option<u64> {
     (a < nxt).then_some(a)
 }
 
-fn end_on_io(e: io::Error) -> SendEnd {
+/// How a socket error ends a send. A client that closes its port once the final
+/// block is out, with everything before it acknowledged, got the file and its final
+/// ACK was lost: that is a delivery, not an abort.
+fn end_on_io(
+    e: io::Error,
+    una: u64,
+    nxt: u64,
+    total: u64,
+    len: u64,
+    obs: &mut impl SendObserver,
+) -> SendEnd {
     if e.kind() == SUPERSEDED {
         SendEnd::Superseded
+    } else if e.kind() == io::ErrorKind::ConnectionRefused && una == total && nxt > total {
+        obs.delivered(len);
+        SendEnd::Done
     } else {
         SendEnd::PeerGone(e)
     }
@@ -515,7 +593,14 @@ pub(crate) async fn receive(
         return recv_io_end(e);
     }
     let mut deadline = Instant::now() + p.timeout;
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     loop {
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         let n = if let Some(f) = pending.take() {
             let n = f.len().min(rbuf.len());
             rbuf[..n].copy_from_slice(&f[..n]);
@@ -523,13 +608,13 @@ pub(crate) async fn receive(
         } else {
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return RecvEnd::Cancelled,
+                () = &mut cancelled => return RecvEnd::Cancelled,
                 r = link.recv(&mut rbuf) => match r {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused || e.kind() == SUPERSEDED => return recv_io_end(e),
                     Err(_) => continue,
                 },
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut timer => {
                     tries += 1;
                     if tries > p.retries {
                         let _ = link.send(&error_packet(ErrorCode::NotDefined, "timed out waiting for DATA")).await;

@@ -1,1 +1,0 @@
-//! ftp server (work in progress).
