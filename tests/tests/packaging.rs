@@ -220,6 +220,24 @@ fn the_dependency_layer_copies_every_member_and_resolves_locked() {
             "the Dockerfile's dependency layer does not copy {m}/Cargo.toml"
         );
     }
+    // Patched crates ([patch.crates-io] paths, e.g. vendor/libunftp) are dependencies
+    // too: the layer must copy them, or its `cargo build` cannot resolve.
+    let patched: Vec<String> = manifest
+        .lines()
+        .skip_while(|l| !l.starts_with("[patch."))
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter_map(|l| l.split("path = \"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .filter_map(|p| p.split('/').next())
+        .map(str::to_string)
+        .collect();
+    for top in &patched {
+        assert!(
+            dockerfile.contains(&format!("COPY {top}/ {top}/")),
+            "the Dockerfile's dependency layer does not copy {top}/ (a [patch] path)"
+        );
+    }
     let s = Scratch::new();
     let w = s.dir.path().join("ws");
     for f in ["Cargo.toml", "Cargo.lock"] {
@@ -233,6 +251,16 @@ fn the_dependency_layer_copies_every_member_and_resolves_locked() {
             w.join(m).join("Cargo.toml"),
         )
         .unwrap();
+    }
+    for top in &patched {
+        let out = run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(root.join(top))
+                .arg(w.join(top)),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "cp {top}: {}", text(&out.stderr));
     }
     let out = run(
         Command::new("sh")
