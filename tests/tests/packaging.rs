@@ -573,9 +573,12 @@ fn a_non_root_user_binds_privileged_ports_through_the_file_capability() {
     let logged: Vec<String> = p
         .seen
         .iter()
-        .filter(|l| l.contains("listening") && l.contains("0.0.0.0:"))
-        .filter_map(|l| l.rsplit("0.0.0.0:").next())
-        .map(|port| format!(":{} ", port.trim()))
+        .filter(|l| l.contains("listening service="))
+        .filter_map(|l| l.split("addr=0.0.0.0:").nth(1))
+        .map(|rest| {
+            let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            format!(":{port} ")
+        })
         .collect();
     for needed in [":67 ", ":69 ", ":80 ", ":443 "] {
         assert!(
