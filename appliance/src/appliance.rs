@@ -303,6 +303,22 @@ impl Appliance {
             None
         };
         addrs.tftp = tftp.as_ref().map(|t| t.local_addr());
+        let ftp = if config.ftp.enabled {
+            let ftps = if config.ftp.ftps { tls.clone() } else { None };
+            Some(
+                provbox_protocols::ftp::FtpServer::bind(
+                    &config.ftp,
+                    store.clone(),
+                    bus.clone(),
+                    ftps,
+                )
+                .await
+                .context("FTP")?,
+            )
+        } else {
+            None
+        };
+        addrs.ftp = ftp.as_ref().map(|f| f.local_addr());
 
         // DHCP last among the protocols: its templates name the other servers' ports.
         let mut leases = None;
@@ -362,6 +378,14 @@ impl Appliance {
             tasks.spawn(async move {
                 if let Err(e) = t.run(sd).await {
                     tracing::error!(error = %e, "TFTP server stopped");
+                }
+            });
+        }
+        if let Some(f) = ftp {
+            let sd = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = f.run(sd).await {
+                    tracing::error!(error = %e, "FTP server stopped");
                 }
             });
         }

@@ -41,7 +41,7 @@ enum Command {
     /// in one command, no root needed.
     Demo(provbox::demo::DemoArgs),
     /// Simulated AudioCodes 400HD phones against any provisioning server.
-    Sim(SimCmd),
+    Sim(Box<SimCmd>),
     /// List a running instance's phones (table, or --json).
     Devices {
         #[command(flatten)]
@@ -139,18 +139,20 @@ fn main() -> ExitCode {
             }
             Command::Check(args) => provbox::check::run(args).await,
             Command::Demo(args) => provbox::demo::run(args).await,
-            Command::Sim(SimCmd {
-                sub: Some(SimSub::MakeImage(args)),
-                ..
-            }) => provbox::sim::make_image_cli(&args).map(|_| ExitCode::SUCCESS),
-            Command::Sim(SimCmd { sub: None, args }) => {
-                let report = provbox::sim::run(args).await?;
-                Ok(if report.all_provisioned() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                })
-            }
+            Command::Sim(cmd) => match *cmd {
+                SimCmd {
+                    sub: Some(SimSub::MakeImage(args)),
+                    ..
+                } => provbox::sim::make_image_cli(&args).map(|_| ExitCode::SUCCESS),
+                SimCmd { sub: None, args } => {
+                    let report = provbox::sim::run(args).await?;
+                    Ok(if report.all_provisioned() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+            },
             Command::Devices { api, json } => {
                 provbox::client::devices(&api.api, api.token.as_deref(), json)
                     .await

@@ -400,7 +400,7 @@ mod tests {
             ip: Ipv4Addr::new(192, 0, 2, ip),
             expires_at_ms: 1_000_000 + u64::from(ip),
             model: Some("450HD".into()),
-            hostname: (mac % 2 == 0).then(|| "phone".to_string()),
+            hostname: mac.is_multiple_of(2).then(|| "phone".to_string()),
             state,
         }
     }

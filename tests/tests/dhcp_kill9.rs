@@ -71,7 +71,8 @@ async fn acked_leases_survive_kill_9() {
     .unwrap_or_else(|e| panic!("{e}"));
 
     // 32 phones at a time, each running through its own MACs.
-    let acked: Arc<Mutex<Vec<([u8; 6], Ipv4Addr)>>> = Arc::default();
+    type Record = Arc<Mutex<Vec<([u8; 6], Ipv4Addr)>>>;
+    let acked: Record = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for t in 0..32u8 {

@@ -230,7 +230,7 @@ pub fn option_name(code: u8) -> &'static str {
 /// An option's value as text, for `provbox check` and events.
 pub fn option_value(code: u8, data: &[u8]) -> String {
     let ip_list = |d: &[u8]| -> Option<String> {
-        (!d.is_empty() && d.len() % 4 == 0).then(|| {
+        (!d.is_empty() && d.len().is_multiple_of(4)).then(|| {
             d.chunks(4)
                 .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]).to_string())
                 .collect::<Vec<_>>()

@@ -113,7 +113,7 @@ fn sent(d: &Decision) -> (&ReplySpec, Dest) {
     }
 }
 
-fn opt<'a>(s: &'a ReplySpec, code: u8) -> Option<&'a [u8]> {
+fn opt(s: &ReplySpec, code: u8) -> Option<&[u8]> {
     s.options
         .iter()
         .find(|(c, _)| *c == code)
