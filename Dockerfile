@@ -29,8 +29,8 @@ COPY storage/Cargo.toml storage/
 COPY protocols/Cargo.toml protocols/
 COPY appliance/Cargo.toml appliance/
 COPY tests/Cargo.toml tests/
-# libunftp with provbox's AUTH TLS fix ([patch.crates-io]): a dependency, so it belongs here.
-COPY vendor vendor/
+# Patched (vendored) crates are dependencies: they belong in this layer, whole.
+COPY vendor/ vendor/
 COPY packaging/stub-workspace.sh packaging/
 RUN sh packaging/stub-workspace.sh && cargo build --release --locked -p provbox
 # Then the sources. COPY keeps the context's mtimes, which can be older than the

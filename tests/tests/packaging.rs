@@ -220,6 +220,24 @@ fn the_dependency_layer_copies_every_member_and_resolves_locked() {
             "the Dockerfile's dependency layer does not copy {m}/Cargo.toml"
         );
     }
+    // Patched crates ([patch.crates-io] paths, e.g. vendor/libunftp) are dependencies
+    // too: the layer must copy them, or its `cargo build` cannot resolve.
+    let patched: Vec<String> = manifest
+        .lines()
+        .skip_while(|l| !l.starts_with("[patch."))
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter_map(|l| l.split("path = \"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .filter_map(|p| p.split('/').next())
+        .map(str::to_string)
+        .collect();
+    for top in &patched {
+        assert!(
+            dockerfile.contains(&format!("COPY {top}/ {top}/")),
+            "the Dockerfile's dependency layer does not copy {top}/ (a [patch] path)"
+        );
+    }
     let s = Scratch::new();
     let w = s.dir.path().join("ws");
     for f in ["Cargo.toml", "Cargo.lock"] {
@@ -234,21 +252,15 @@ fn the_dependency_layer_copies_every_member_and_resolves_locked() {
         )
         .unwrap();
     }
-    // Path dependencies outside the members ([patch.crates-io] → vendor/) belong in the
-    // layer too.
-    if root.join("vendor").is_dir() {
-        assert!(
-            dockerfile.contains("COPY vendor vendor/"),
-            "the Dockerfile's dependency layer does not copy vendor/"
-        );
+    for top in &patched {
         let out = run(
             Command::new("cp")
-                .arg("-r")
-                .arg(root.join("vendor"))
-                .arg(&w),
-            Duration::from_secs(30),
+                .arg("-a")
+                .arg(root.join(top))
+                .arg(w.join(top)),
+            Duration::from_secs(60),
         );
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(out.status.success(), "cp {top}: {}", text(&out.stderr));
     }
     let out = run(
         Command::new("sh")
@@ -520,6 +532,9 @@ fn a_non_root_user_binds_privileged_ports_through_the_file_capability() {
         .env("PROVBOX_STORE_ROOT", s.store())
         .env("PROVBOX_STATE_DIR", s.state())
         .env("PROVBOX_API_ENABLED", "false")
+        // DHCP too, so that port 67 is bound (a pool on this namespace's loopback).
+        .env("PROVBOX_DHCP_SERVER_IP", "127.0.0.1")
+        .env("PROVBOX_DHCP_POOL", "127.0.0.100-127.0.0.150")
         .current_dir(s.state());
         c
     };
@@ -532,7 +547,10 @@ fn a_non_root_user_binds_privileged_ports_through_the_file_capability() {
     );
     let err = text(&out.stderr);
     assert!(
-        err.contains("ermission denied") && err.contains(":80"),
+        err.contains("ermission denied")
+            && [":67", ":69", ":21", ":80", ":443"]
+                .iter()
+                .any(|p| err.contains(p)),
         "{err}"
     );
 
@@ -545,6 +563,38 @@ fn a_non_root_user_binds_privileged_ports_through_the_file_capability() {
         &["listening", "https", "0.0.0.0:443"],
         Duration::from_secs(20),
     );
+    let out = run(
+        ns.exec().args(["ss", "-H", "-lntup"]),
+        Duration::from_secs(10),
+    );
+    let sockets = text(&out.stdout);
+    // Every privileged port a server logged (the addresses are logged in order, https
+    // after dhcp, tftp and ftp), bound by the uid-10001 process itself.
+    let logged: Vec<String> = p
+        .seen
+        .iter()
+        .filter(|l| l.contains("listening service="))
+        .filter_map(|l| l.split("addr=0.0.0.0:").nth(1))
+        .map(|rest| {
+            let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            format!(":{port} ")
+        })
+        .collect();
+    for needed in [":67 ", ":69 ", ":80 ", ":443 "] {
+        assert!(
+            logged.iter().any(|l| l == needed),
+            "{needed}not logged: {logged:?}"
+        );
+    }
+    for port in &logged {
+        assert!(
+            sockets
+                .lines()
+                .any(|l| l.contains(port) && l.contains(&format!("pid={},", p.pid()))),
+            "port{port}not bound by provbox (uid 10001):\n{sockets}\n{}",
+            p.seen.join("\n")
+        );
+    }
     let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
     let field = |name: &str| {
         status
@@ -589,14 +639,21 @@ fn loopback_env(cmd: &mut Command, s: &Scratch, http: u16) {
 #[test]
 fn healthcheck_reports_a_serving_appliance_healthy_and_a_stopped_one_unhealthy() {
     let s = Scratch::new();
-    let http = free_port();
+    let (http, api) = (free_port(), free_port());
     let mut serve = Command::new(provbox_bin());
     serve.arg("serve");
     loopback_env(&mut serve, &s, http);
+    serve
+        .env("PROVBOX_API_ENABLED", "true")
+        .env("PROVBOX_API_BIND", format!("127.0.0.1:{api}"));
     let mut p = Proc::spawn(&mut serve);
-    // The override reached serve: it listens where PROVBOX_HTTP_BIND says.
+    // The overrides reached serve: it listens where the variables say.
     p.wait_for(
         &["listening", &format!("127.0.0.1:{http}")],
+        Duration::from_secs(20),
+    );
+    p.wait_for(
+        &["listening", &format!("127.0.0.1:{api}")],
         Duration::from_secs(20),
     );
 
@@ -610,6 +667,21 @@ fn healthcheck_reports_a_serving_appliance_healthy_and_a_stopped_one_unhealthy()
         }
         run(&mut c, Duration::from_secs(30))
     };
+    // The API's /healthz, as the container's HEALTHCHECK asks it.
+    let out = health(Some(api));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).starts_with("healthy:") && text(&out.stdout).contains("/healthz: 200"),
+        "{}",
+        text(&out.stdout)
+    );
+    // With the API disabled, the HTTP file server is asked instead.
     let out = health(None);
     assert_eq!(
         out.status.code(),
@@ -619,18 +691,21 @@ fn healthcheck_reports_a_serving_appliance_healthy_and_a_stopped_one_unhealthy()
         text(&out.stderr)
     );
     assert!(
-        text(&out.stdout).starts_with("healthy:"),
+        text(&out.stdout).contains("the API is disabled"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Nothing answers on another port.
+    let out = health(Some(free_port()));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("unhealthy:"),
         "{}",
         text(&out.stdout)
     );
 
-    // With the API enabled, /healthz is what counts: nothing answers there.
-    let out = health(Some(free_port()));
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("/healthz") || text(&out.stdout).contains("connect"));
-
     drop(p);
-    let out = health(None);
+    let out = health(Some(api));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(
         text(&out.stdout).starts_with("unhealthy:"),
