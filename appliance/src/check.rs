@@ -21,22 +21,30 @@ pub struct CheckArgs {
 }
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let config = match &args.config {
-        Some(p) => Config::load(p),
-        None => Ok(Config::defaults()),
-    };
+    // Built in a buffer and written once: `provbox check | head` must not panic on a
+    // closed pipe (println! would).
+    let mut out = String::new();
+    let code = report(args, &mut out);
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+    Ok(code)
+}
+
+fn report(args: CheckArgs, out: &mut String) -> ExitCode {
+    use std::fmt::Write as _;
+    // Exactly what `serve` would run: the file (or defaults) plus PROVBOX_* overrides.
+    let config = Config::load_with_env(args.config.as_deref());
     let config = match config {
         Ok(c) => c,
         Err(e) => {
-            println!("config: INVALID\n  {e}");
-            return Ok(ExitCode::from(64));
+            let _ = writeln!(out, "config: INVALID\n  {e}");
+            return ExitCode::from(64);
         }
     };
     let src = args
         .config
         .as_ref()
         .map_or("built-in defaults".to_string(), |p| p.display().to_string());
-    println!("config: OK ({src})");
+    let _ = writeln!(out, "config: OK ({src})");
     for (name, enabled, bind) in [
         (
             "dhcp",
@@ -49,7 +57,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         ("https", config.https.enabled, config.https.bind),
         ("api", config.api.enabled, config.api.bind),
     ] {
-        println!(
+        let _ = writeln!(
+            out,
             "  {name:<6} {}",
             if enabled {
                 bind.to_string()
@@ -61,7 +70,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     match provbox_storage::store::survey(&config.store.root) {
         Ok(s) => {
             let count = |k| s.files.iter().filter(|f| f.kind == k).count();
-            println!(
+            let _ = writeln!(
+                out,
                 "store: {} ({} files: {} firmware, {} config, {} other)",
                 config.store.root.display(),
                 s.files.len(),
@@ -72,7 +82,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             for f in &s.files {
                 let (path, model, version, size) = (&f.path, &f.model, &f.version, f.size);
                 if f.kind == FileKind::Firmware {
-                    println!(
+                    let _ = writeln!(
+                        out,
                         "  {path:<40} model {:<8} version {:<14} {size} bytes",
                         model.as_deref().unwrap_or("?"),
                         version.as_deref().unwrap_or("(none in name)")
@@ -80,7 +91,9 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Err(e) => println!("store: {e} (it is created on first start)"),
+        Err(e) => {
+            let _ = writeln!(out, "store: {e} (it is created on first start)");
+        }
     }
     if args.model.is_some() || args.mac.is_some() {
         let vars = provbox_config::TemplateVars::from_config(&config);
@@ -91,7 +104,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             args.mac,
             true,
         );
-        println!("\n{e}");
+        let _ = writeln!(out, "\n{e}");
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }

@@ -43,8 +43,10 @@ pub fn require(tool: &str) {
     );
 }
 
-/// Runs a command with a deadline, killing it (by PID) when it overruns.
+/// Runs a command with a deadline, killing it (by PID) when it overruns. Output is
+/// read while the command runs, so a chatty command cannot fill a pipe and hang.
 pub fn run(cmd: &mut Command, deadline: Duration) -> Output {
+    use std::io::Read;
     let desc = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
@@ -52,28 +54,53 @@ pub fn run(cmd: &mut Command, deadline: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let start = Instant::now();
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(status)) => break status,
             Ok(None) if start.elapsed() > deadline => {
                 let _ = child.kill();
-                let out = child
-                    .wait_with_output()
-                    .unwrap_or_else(|e| panic!("{desc}: {e}"));
+                let _ = child.wait();
+                let (o, e) = (
+                    out.join().unwrap_or_default(),
+                    err.join().unwrap_or_default(),
+                );
                 panic!(
                     "{desc} did not finish within {deadline:?}\nstdout: {}\nstderr: {}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
+                    String::from_utf8_lossy(&o),
+                    String::from_utf8_lossy(&e)
                 );
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => panic!("{desc}: {e}"),
         }
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("{desc}: {e}"))
 }
 
 /// The `provbox` binary built alongside the tests (target/<profile>/provbox).
