@@ -543,6 +543,9 @@ fn negotiate(cfg: &TftpConfig, asked: &Options, len: u64) -> (Options, SendParam
         windowsize: g.windowsize.unwrap_or(1),
         timeout,
         min_timeout: cfg.min_timeout.get().min(timeout),
+        // A client asking for a long timeout (curl asks 6 s) must not make the first
+        // lost block cost that long: until measured, the configured timeout applies.
+        initial_timeout: cfg.timeout.get().min(timeout),
         retries: cfg.retries,
         oack: (!g.is_empty()).then(|| Packet::Oack(g.to_pairs()).encode()),
     };
