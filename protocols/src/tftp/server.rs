@@ -42,8 +42,10 @@ use crate::progress::{Transfer, TransferStart};
 const MAX_TRANSFERS: usize = 4096;
 /// Files served in netascii are translated in memory; larger ones must be fetched in octet mode.
 const NETASCII_MAX: u64 = 16 * 1024 * 1024;
-/// Memory one transfer's window may pin (windowsize is lowered to fit, RFC 7440 allows it).
-const WINDOW_BYTES_MAX: u64 = 1024 * 1024;
+/// Payload bytes one window may hold; windowsize is lowered to fit (RFC 7440 lets the
+/// server answer less). A window must fit a client's default UDP receive buffer
+/// (208 KiB on Linux, counted with per-datagram overhead) or its tail is dropped.
+const WINDOW_BYTES_MAX: u64 = 128 * 1024;
 /// Datagrams queued per transfer in single-port mode before the listener drops them.
 const SHARED_QUEUE: usize = 256;
 
@@ -543,6 +545,9 @@ fn negotiate(cfg: &TftpConfig, asked: &Options, len: u64) -> (Options, SendParam
         windowsize: g.windowsize.unwrap_or(1),
         timeout,
         min_timeout: cfg.min_timeout.get().min(timeout),
+        // A client asking for a long timeout (curl asks 6 s) must not make the first
+        // lost block cost that long: until measured, the configured timeout applies.
+        initial_timeout: cfg.timeout.get().min(timeout),
         retries: cfg.retries,
         oack: (!g.is_empty()).then(|| Packet::Oack(g.to_pairs()).encode()),
     };
@@ -739,14 +744,20 @@ mod tests {
             "no options asked: plain RFC 1350, no OACK"
         );
         assert_eq!((p.blksize, p.windowsize), (512, 1));
-        // Large blocks: the window is lowered to bound the memory it pins.
+        // Large blocks: the window is lowered to fit a client receive buffer.
         let cfg = TftpConfig::default();
         let asked = Options {
             blksize: Some(65464),
             windowsize: Some(64),
             ..Options::default()
         };
-        assert_eq!(negotiate(&cfg, &asked, 1).0.windowsize, Some(16));
+        assert_eq!(negotiate(&cfg, &asked, 1).0.windowsize, Some(2));
+        let asked = Options {
+            blksize: Some(1468),
+            windowsize: Some(64),
+            ..Options::default()
+        };
+        assert_eq!(negotiate(&cfg, &asked, 1).0.windowsize, Some(64));
     }
 
     #[test]

@@ -215,6 +215,8 @@ pub(crate) struct SendParams {
     pub timeout: Duration,
     /// Its floor.
     pub min_timeout: Duration,
+    /// Its value until the first round trip is measured.
+    pub initial_timeout: Duration,
     /// Retransmissions at the full timeout before giving up.
     pub retries: u32,
     /// The encoded OACK, when options were granted: it goes out first, as "block 0".
@@ -277,7 +279,7 @@ pub(crate) async fn send(
     let mut nxt = una;
     let mut high = una;
     let mut sent: VecDeque<Sent> = VecDeque::with_capacity(w as usize);
-    let mut rtt = RttEstimator::new(p.timeout, p.min_timeout, p.timeout);
+    let mut rtt = RttEstimator::new(p.initial_timeout, p.min_timeout, p.timeout);
     let mut strikes: u32 = 0;
     // Consecutive timeouts without progress.
     let mut stalls: u32 = 0;
