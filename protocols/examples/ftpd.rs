@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libunftp=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libunftp=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -31,7 +32,11 @@ async fn main() -> anyhow::Result<()> {
     let mut root = None;
     let mut state = None;
     let mut events = false;
-    let mut cfg = FtpConfig { bind: "127.0.0.1:2121".parse()?, ftps: false, ..FtpConfig::default() };
+    let mut cfg = FtpConfig {
+        bind: "127.0.0.1:2121".parse()?,
+        ftps: false,
+        ..FtpConfig::default()
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
@@ -39,7 +44,9 @@ async fn main() -> anyhow::Result<()> {
             "--root" => root = Some(PathBuf::from(val()?)),
             "--state" => state = Some(PathBuf::from(val()?)),
             "--bind" => cfg.bind = val()?.parse().context("--bind")?,
-            "--passive" => cfg.passive_ports = val()?.parse::<PortRange>().map_err(anyhow::Error::msg)?,
+            "--passive" => {
+                cfg.passive_ports = val()?.parse::<PortRange>().map_err(anyhow::Error::msg)?
+            }
             "--ftps" => cfg.ftps = true,
             "--events" => events = true,
             "--upload-dir" => cfg.upload_dir = Some(PathBuf::from(val()?)),
@@ -47,9 +54,15 @@ async fn main() -> anyhow::Result<()> {
             "--user" => {
                 let v = val()?;
                 let mut parts = v.split(':');
-                let (Some(name), Some(hash)) = (parts.next(), parts.next()) else { bail!("--user NAME:SHA256HEX[:upload]") };
+                let (Some(name), Some(hash)) = (parts.next(), parts.next()) else {
+                    bail!("--user NAME:SHA256HEX[:upload]")
+                };
                 let upload = parts.next() == Some("upload");
-                cfg.users.push(FtpUser { name: name.into(), password_hash: format!("sha256:{hash}"), upload });
+                cfg.users.push(FtpUser {
+                    name: name.into(),
+                    password_hash: format!("sha256:{hash}"),
+                    upload,
+                });
             }
             other => bail!("unknown argument {other}"),
         }
@@ -69,7 +82,12 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let tls = if cfg.ftps {
-        let m = provbox_storage::tls::load_or_generate(None, None, &state, &["localhost".into(), "127.0.0.1".into()])?;
+        let m = provbox_storage::tls::load_or_generate(
+            None,
+            None,
+            &state,
+            &["localhost".into(), "127.0.0.1".into()],
+        )?;
         Some(tls_config(m.chain, m.key)?)
     } else {
         None
@@ -90,10 +108,11 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

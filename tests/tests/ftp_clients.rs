@@ -38,10 +38,20 @@ async fn curl_list_retr_rest_epsv_pasv() {
     for name in ["450HD_3.4.8.img", "001122334455.cfg", "lab"] {
         assert!(listing.contains(name), "LIST lacks {name}: {listing}");
     }
-    assert!(listing.lines().any(|l| l.starts_with('d') && l.ends_with("lab")), "{listing}");
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with('d') && l.ends_with("lab")),
+        "{listing}"
+    );
     // NLST.
     let out = curl(&["-l", &ftp.url("/lab/")]).await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "notes.txt", "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "notes.txt",
+        "{}",
+        text(&out)
+    );
 
     // RETR over EPSV (curl's default) and over PASV, checked by hash.
     for extra in [&[][..], &["--disable-epsv"][..]] {
@@ -58,15 +68,40 @@ async fn curl_list_retr_rest_epsv_pasv() {
 
     // The first download's events: started with the client's address, finished with
     // the hash of what was served.
-    let started = wait_event(&mut rx, |k| matches!(k, EventKind::TransferStarted { .. })).await.unwrap();
-    let EventKind::TransferStarted { id, peer, path, file, size, offset, sha256, proto, .. } = started else { unreachable!() };
+    let started = wait_event(&mut rx, |k| matches!(k, EventKind::TransferStarted { .. }))
+        .await
+        .unwrap();
+    let EventKind::TransferStarted {
+        id,
+        peer,
+        path,
+        file,
+        size,
+        offset,
+        sha256,
+        proto,
+        ..
+    } = started
+    else {
+        unreachable!()
+    };
     assert_eq!(peer.ip().to_string(), "127.0.0.1");
-    assert_eq!((path.as_str(), file.as_str()), ("/450HD_3.4.8.img", "450HD_3.4.8.img"));
+    assert_eq!(
+        (path.as_str(), file.as_str()),
+        ("/450HD_3.4.8.img", "450HD_3.4.8.img")
+    );
     assert_eq!((size, offset), (IMG as u64, 0));
     assert_eq!(sha256, sha(img));
     assert_eq!(proto.to_string(), "ftp");
-    let finished = wait_event(&mut rx, |k| matches!(k, EventKind::TransferFinished { id: i, .. } if *i == id)).await.unwrap();
-    let EventKind::TransferFinished { bytes, sha256, .. } = finished else { unreachable!() };
+    let finished = wait_event(
+        &mut rx,
+        |k| matches!(k, EventKind::TransferFinished { id: i, .. } if *i == id),
+    )
+    .await
+    .unwrap();
+    let EventKind::TransferFinished { bytes, sha256, .. } = finished else {
+        unreachable!()
+    };
     assert_eq!((bytes, sha256), (IMG as u64, sha(img)));
 
     // REST: resume from an offset; the tail must match, and the event says where it started.
@@ -75,11 +110,25 @@ async fn curl_list_retr_rest_epsv_pasv() {
     let offset = 1_000_001usize;
     std::fs::write(&dest, &img[..offset]).unwrap();
     let mut rx = ftp.bus.subscribe();
-    let out = curl(&["-C", "-", "-o", dest.to_str().unwrap(), &ftp.url("/450HD_3.4.8.img")]).await;
+    let out = curl(&[
+        "-C",
+        "-",
+        "-o",
+        dest.to_str().unwrap(),
+        &ftp.url("/450HD_3.4.8.img"),
+    ])
+    .await;
     assert!(ok(&out), "{}", text(&out));
     assert_eq!(sha(&std::fs::read(&dest).unwrap()), sha(img));
-    let started = wait_event(&mut rx, |k| matches!(k, EventKind::TransferStarted { .. })).await.unwrap();
-    let EventKind::TransferStarted { offset: o, size: s, .. } = started else { unreachable!() };
+    let started = wait_event(&mut rx, |k| matches!(k, EventKind::TransferStarted { .. }))
+        .await
+        .unwrap();
+    let EventKind::TransferStarted {
+        offset: o, size: s, ..
+    } = started
+    else {
+        unreachable!()
+    };
     assert_eq!((o, s), (offset as u64, (IMG - offset) as u64));
 
     ftp.stop().await;
@@ -94,8 +143,14 @@ async fn lftp_login_mlsd_and_get() {
     let out = lftp(&ftp, &format!("set ftp:use-mlsd yes; cls -l; get 450HD_3.4.8.img -o {d}/img; cd lab; get notes.txt -o {d}/notes")).await;
     assert!(ok(&out), "{}", text(&out));
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(listing.contains("450HD_3.4.8.img") && listing.contains("lab/"), "{listing}");
-    assert_eq!(sha(&std::fs::read(dir.path().join("img")).unwrap()), sha(&files[0].1));
+    assert!(
+        listing.contains("450HD_3.4.8.img") && listing.contains("lab/"),
+        "{listing}"
+    );
+    assert_eq!(
+        sha(&std::fs::read(dir.path().join("img")).unwrap()),
+        sha(&files[0].1)
+    );
     assert_eq!(std::fs::read(dir.path().join("notes")).unwrap(), files[2].1);
     ftp.stop().await;
 }
@@ -111,7 +166,10 @@ async fn size_mdtm_mlst_and_model_alias() {
     assert_eq!(t.trim().len(), "213 20261125182959".len(), "{t}");
     let (code, t) = c.cmd("MLST /lab/notes.txt").await;
     assert_eq!(code, 250, "{t}");
-    assert!(t.contains(&format!("size={}", files[2].1.len())) && t.contains("type=file"), "{t}");
+    assert!(
+        t.contains(&format!("size={}", files[2].1.len())) && t.contains("type=file"),
+        "{t}"
+    );
     // The store's model alias: `450HD.img` is the newest 450HD image.
     let (code, t) = c.cmd("SIZE 450HD.img").await;
     assert_eq!((code, t.trim()), (213, format!("213 {IMG}").as_str()));
@@ -133,9 +191,16 @@ async fn writes_are_refused_without_an_upload_area() {
     let out = curl(&["-T", src.to_str().unwrap(), &ftp.url("/evil.img")]).await;
     assert!(!ok(&out), "STOR succeeded: {}", text(&out));
     assert!(!ftp.root.join("evil.img").exists());
-    let refused = wait_event(&mut rx, |k| matches!(k, EventKind::TransferRefused { .. })).await.unwrap();
-    let EventKind::TransferRefused { path, peer, .. } = refused else { unreachable!() };
-    assert_eq!((path.as_str(), peer.ip().to_string().as_str()), ("/evil.img", "127.0.0.1"));
+    let refused = wait_event(&mut rx, |k| matches!(k, EventKind::TransferRefused { .. }))
+        .await
+        .unwrap();
+    let EventKind::TransferRefused { path, peer, .. } = refused else {
+        unreachable!()
+    };
+    assert_eq!(
+        (path.as_str(), peer.ip().to_string().as_str()),
+        ("/evil.img", "127.0.0.1")
+    );
 
     let mut c = Control::login(ftp.addr, "anonymous", "x").await;
     for cmd in ["DELE 001122334455.cfg", "MKD newdir", "RMD lab"] {
@@ -157,17 +222,35 @@ async fn traversal_and_cwd_outside_the_root_are_refused() {
     std::fs::write(&secret, b"secret").unwrap();
 
     let out = curl(&["--path-as-is", &ftp.url("/../secret.txt")]).await;
-    assert!(!ok(&out) && !String::from_utf8_lossy(&out.stdout).contains("secret"), "{}", text(&out));
+    assert!(
+        !ok(&out) && !String::from_utf8_lossy(&out.stdout).contains("secret"),
+        "{}",
+        text(&out)
+    );
     let out = curl(&["-Q", "CWD ..", &ftp.url("/")]).await;
     assert!(!ok(&out), "CWD .. at the root succeeded: {}", text(&out));
 
     let mut c = Control::login(ftp.addr, "anonymous", "x").await;
-    for cmd in ["CWD ..", "CWD /..", "CWD /lab/../..", "CWD ../state", "CWD %2e%2e", "CWD /nonexistent", "CWD 001122334455.cfg"] {
+    for cmd in [
+        "CWD ..",
+        "CWD /..",
+        "CWD /lab/../..",
+        "CWD ../state",
+        "CWD %2e%2e",
+        "CWD /nonexistent",
+        "CWD 001122334455.cfg",
+    ] {
         let (code, t) = c.cmd(cmd).await;
         assert_eq!(code, 550, "{cmd}: {t}");
     }
     assert!(c.cmd("PWD").await.1.contains("\"/\""));
-    for cmd in ["SIZE ../secret.txt", "SIZE /lab/../../secret.txt", "SIZE %2e%2e/secret.txt", "SIZE .hidden", "MDTM ../secret.txt"] {
+    for cmd in [
+        "SIZE ../secret.txt",
+        "SIZE /lab/../../secret.txt",
+        "SIZE %2e%2e/secret.txt",
+        "SIZE .hidden",
+        "MDTM ../secret.txt",
+    ] {
         let (code, t) = c.cmd(cmd).await;
         assert_eq!(code, 550, "{cmd}: {t}");
     }
@@ -182,13 +265,22 @@ async fn traversal_and_cwd_outside_the_root_are_refused() {
     let mut sock = tokio::net::TcpStream::connect(data).await.unwrap();
     let (code, t) = c.cmd("RETR ../secret.txt").await;
     let mut got = Vec::new();
-    let _ = tokio::time::timeout(BOUND, tokio::io::AsyncReadExt::read_to_end(&mut sock, &mut got)).await;
+    let _ = tokio::time::timeout(
+        BOUND,
+        tokio::io::AsyncReadExt::read_to_end(&mut sock, &mut got),
+    )
+    .await;
     // libunftp answers 150 before the backend refuses; the final reply is 550.
     let final_code = if code == 150 { c.reply().await.0 } else { code };
     assert_eq!(final_code, 550, "{t}");
     assert!(got.is_empty());
-    let refused = wait_event(&mut rx, |k| matches!(k, EventKind::TransferRefused { .. })).await.unwrap();
-    assert!(matches!(refused, EventKind::TransferRefused { ref path, .. } if path.contains("secret")), "{refused:?}");
+    let refused = wait_event(&mut rx, |k| matches!(k, EventKind::TransferRefused { .. }))
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, EventKind::TransferRefused { ref path, .. } if path.contains("secret")),
+        "{refused:?}"
+    );
     ftp.stop().await;
 }
 
@@ -200,15 +292,23 @@ async fn a_header_probe_is_an_abort() {
     // image header does.
     let out = curl(&["-r", "0-1023", &ftp.url("/450HD_3.4.8.img")]).await;
     assert_eq!(out.stdout.len(), 1024, "{}", text(&out));
-    let started = wait_event(&mut rx, |k| matches!(k, EventKind::TransferStarted { .. })).await.unwrap();
-    let EventKind::TransferStarted { id, .. } = started else { unreachable!() };
+    let started = wait_event(&mut rx, |k| matches!(k, EventKind::TransferStarted { .. }))
+        .await
+        .unwrap();
+    let EventKind::TransferStarted { id, .. } = started else {
+        unreachable!()
+    };
     let end = wait_event(&mut rx, |k| match k {
-        EventKind::TransferAborted { id: i, .. } | EventKind::TransferFinished { id: i, .. } => *i == id,
+        EventKind::TransferAborted { id: i, .. } | EventKind::TransferFinished { id: i, .. } => {
+            *i == id
+        }
         _ => false,
     })
     .await
     .unwrap();
-    let EventKind::TransferAborted { bytes, reason, .. } = end else { panic!("expected an abort, got {end:?}") };
+    let EventKind::TransferAborted { bytes, reason, .. } = end else {
+        panic!("expected an abort, got {end:?}")
+    };
     assert!(bytes < IMG as u64, "{bytes}");
     assert!(reason.contains("closed the data connection"), "{reason}");
     ftp.stop().await;

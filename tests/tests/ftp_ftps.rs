@@ -19,7 +19,10 @@ const SMALL: usize = 64 * 1024;
 async fn start() -> (Ftp, Vec<u8>, Vec<u8>) {
     let small = content(SMALL, 7);
     let big = content(3 * 1024 * 1024 + 17, 8);
-    let ftp = Ftp::start(&[("cfg/small.cfg", &small), ("big.img", &big)], |c| c.ftps = true).await;
+    let ftp = Ftp::start(&[("cfg/small.cfg", &small), ("big.img", &big)], |c| {
+        c.ftps = true
+    })
+    .await;
     (ftp, small, big)
 }
 
@@ -42,10 +45,23 @@ async fn curl_ssl_reqd_200_of_200() {
             failures.push(format!("run {i}: {}", text(&out)));
         }
     }
-    assert!(failures.is_empty(), "{} of 200 FTPS downloads failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of 200 FTPS downloads failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     // A larger file over a protected data channel, checked by hash.
-    let out = curl(&["--ssl-reqd", "--cacert", cacert, "-o", dest, &ftp.url("/big.img")]).await;
+    let out = curl(&[
+        "--ssl-reqd",
+        "--cacert",
+        cacert,
+        "-o",
+        dest,
+        &ftp.url("/big.img"),
+    ])
+    .await;
     assert!(ok(&out), "{}", text(&out));
     assert_eq!(sha(&std::fs::read(dest).unwrap()), sha(&big));
     ftp.stop().await;
@@ -65,8 +81,15 @@ async fn lftp_ftps_with_protected_data() {
     )
     .await;
     assert!(ok(&out), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("big.img"), "{}", text(&out));
-    assert_eq!(sha(&std::fs::read(dir.path().join("big")).unwrap()), sha(&big));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("big.img"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        sha(&std::fs::read(dir.path().join("big")).unwrap()),
+        sha(&big)
+    );
     ftp.stop().await;
 }
 
@@ -76,7 +99,12 @@ fn read_line(s: &mut impl Read) -> String {
     let mut b = [0u8; 1];
     while !line.ends_with(b"\r\n") {
         let n = s.read(&mut b).unwrap();
-        assert_eq!(n, 1, "connection closed after {:?}", String::from_utf8_lossy(&line));
+        assert_eq!(
+            n,
+            1,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&line)
+        );
         line.push(b[0]);
     }
     String::from_utf8_lossy(&line).into_owned()
@@ -94,13 +122,19 @@ async fn auth_tls_with_the_client_hello_in_the_same_write() {
         for c in rustls_pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
             roots.add(c.unwrap()).unwrap();
         }
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         for round in 0..20 {
-            let mut conn = rustls::ClientConnection::new(Arc::new(cfg.clone()), "localhost".try_into().unwrap()).unwrap();
+            let mut conn = rustls::ClientConnection::new(
+                Arc::new(cfg.clone()),
+                "localhost".try_into().unwrap(),
+            )
+            .unwrap();
             let mut tcp = std::net::TcpStream::connect(addr).unwrap();
             tcp.set_read_timeout(Some(BOUND)).unwrap();
             assert!(read_line(&mut tcp).starts_with("220"));
@@ -115,7 +149,10 @@ async fn auth_tls_with_the_client_hello_in_the_same_write() {
             tls.write_all(b"PASS phone@\r\n").unwrap();
             assert!(read_line(&mut tls).starts_with("230"), "round {round}");
             tls.write_all(b"SIZE /big.img\r\n").unwrap();
-            assert_eq!(read_line(&mut tls).trim(), format!("213 {}", 3 * 1024 * 1024 + 17));
+            assert_eq!(
+                read_line(&mut tls).trim(),
+                format!("213 {}", 3 * 1024 * 1024 + 17)
+            );
         }
     })
     .await
@@ -134,10 +171,15 @@ async fn a_failed_data_channel_handshake_does_not_break_the_session() {
     assert_eq!(c.cmd("PROT P").await.0, 200);
     let data = c.epsv(ftp.addr.ip()).await;
     let mut sock = tokio::net::TcpStream::connect(data).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut sock, b"this is not a TLS ClientHello\r\n\r\n").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut sock, b"this is not a TLS ClientHello\r\n\r\n")
+        .await
+        .unwrap();
     let (code, t) = c.cmd("RETR /big.img").await;
     let final_code = if code == 150 { c.reply().await.0 } else { code };
-    assert!((400..600).contains(&final_code), "{code} {t} then {final_code}");
+    assert!(
+        (400..600).contains(&final_code),
+        "{code} {t} then {final_code}"
+    );
     drop(sock);
     assert_eq!(c.cmd("NOOP").await.0, 200);
     assert_eq!(c.cmd("SIZE /cfg/small.cfg").await.0, 213);

@@ -20,7 +20,10 @@ async fn the_connection_cap_answers_421() {
     let _b = Control::connect(ftp.addr).await;
     let mut third = tokio::net::TcpStream::connect(ftp.addr).await.unwrap();
     let mut buf = String::new();
-    tokio::time::timeout(BOUND, third.read_to_string(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(BOUND, third.read_to_string(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(buf.starts_with("421"), "{buf:?}");
     drop(_a);
     // A slot frees when a session ends; wait (bounded) for the server to notice.
@@ -28,7 +31,11 @@ async fn the_connection_cap_answers_421() {
     for _ in 0..100 {
         let mut s = tokio::net::TcpStream::connect(ftp.addr).await.unwrap();
         let mut b = [0u8; 3];
-        if tokio::time::timeout(BOUND, s.read_exact(&mut b)).await.is_ok_and(|r| r.is_ok()) && &b == b"220" {
+        if tokio::time::timeout(BOUND, s.read_exact(&mut b))
+            .await
+            .is_ok_and(|r| r.is_ok())
+            && &b == b"220"
+        {
             admitted = true;
             break;
         }
@@ -40,7 +47,10 @@ async fn the_connection_cap_answers_421() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_are_closed() {
-    let ftp = Ftp::start(&[("a.cfg", b"a")], |c| c.idle_timeout = provbox_config::Duration::from_secs(1)).await;
+    let ftp = Ftp::start(&[("a.cfg", b"a")], |c| {
+        c.idle_timeout = provbox_config::Duration::from_secs(1)
+    })
+    .await;
     let mut c = Control::login(ftp.addr, "anonymous", "x").await;
     // Say nothing: the server says goodbye after the idle timeout (libunftp answers
     // 221 "Session timed out"), and closes.
@@ -66,21 +76,39 @@ async fn shutdown_closes_sessions_and_stops_transfers() {
     let addr = ftp.addr;
     ftp.stop().await; // returns: run() ended
 
-    assert_eq!(idle.reply().await.0, 0, "idle session still open after shutdown");
-    let aborted = wait_event(&mut rx, |k| matches!(k, EventKind::TransferAborted { .. })).await.unwrap();
-    assert!(matches!(&aborted, EventKind::TransferAborted { reason, .. } if reason.contains("shut down")), "{aborted:?}");
+    assert_eq!(
+        idle.reply().await.0,
+        0,
+        "idle session still open after shutdown"
+    );
+    let aborted = wait_event(&mut rx, |k| matches!(k, EventKind::TransferAborted { .. }))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&aborted, EventKind::TransferAborted { reason, .. } if reason.contains("shut down")),
+        "{aborted:?}"
+    );
     // The data connection ends short of the file.
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(BOUND, sock.read_to_end(&mut rest)).await.unwrap();
+    let _ = tokio::time::timeout(BOUND, sock.read_to_end(&mut rest))
+        .await
+        .unwrap();
     assert!(rest.len() + first.len() < big.len());
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins() {
     let ftp = Ftp::start(&[("a.cfg", b"a")], |c| {
         c.anonymous = false;
-        c.users.push(FtpUser { name: "lab".into(), password_hash: SECRET_HASH.into(), upload: false });
+        c.users.push(FtpUser {
+            name: "lab".into(),
+            password_hash: SECRET_HASH.into(),
+            upload: false,
+        });
     })
     .await;
     let mut c = Control::connect(ftp.addr).await;
@@ -108,7 +136,11 @@ async fn the_upload_area_is_confined_and_capped() {
     let ftp = Ftp::start(&[("a.cfg", b"a")], move |c| {
         c.upload_dir = Some(area2);
         c.upload_max = 100_000;
-        c.users.push(FtpUser { name: "tech".into(), password_hash: SECRET_HASH.into(), upload: true });
+        c.users.push(FtpUser {
+            name: "tech".into(),
+            password_hash: SECRET_HASH.into(),
+            upload: true,
+        });
     })
     .await;
     let up = |p: &str| format!("ftp://tech:secret@{}{p}", ftp.addr);
@@ -126,19 +158,36 @@ async fn the_upload_area_is_confined_and_capped() {
     let out = curl(&[&up("/upload/small.log")]).await;
     assert_eq!(sha(&out.stdout), sha(&data), "{}", text(&out));
     let out = curl(&[&up("/")]).await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("upload"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("upload"),
+        "{}",
+        text(&out)
+    );
 
     // Over the cap: refused, and nothing left behind (not even the temporary file).
     let out = curl(&["-T", large.to_str().unwrap(), &up("/upload/large.log")]).await;
     assert!(!ok(&out), "oversized upload accepted: {}", text(&out));
-    let left: Vec<_> = std::fs::read_dir(&area).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&area)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("small.log")]);
 
     // Outside the area, or climbing out of it: refused.
     let out = curl(&["-T", small.to_str().unwrap(), &up("/a2.cfg")]).await;
-    assert!(!ok(&out) && !ftp.root.join("a2.cfg").exists(), "{}", text(&out));
+    assert!(
+        !ok(&out) && !ftp.root.join("a2.cfg").exists(),
+        "{}",
+        text(&out)
+    );
     let mut c = Control::login(ftp.addr, "tech", "secret").await;
-    for cmd in ["MKD /upload/../x", "MKD /x", "DELE /a.cfg", "MKD /upload/.hidden", "RNFR /upload/../../etc"] {
+    for cmd in [
+        "MKD /upload/../x",
+        "MKD /x",
+        "DELE /a.cfg",
+        "MKD /upload/.hidden",
+        "RNFR /upload/../../etc",
+    ] {
         let (code, t) = c.cmd(cmd).await;
         assert_eq!(code, 550, "{cmd}: {t}");
     }
@@ -147,7 +196,11 @@ async fn the_upload_area_is_confined_and_capped() {
     assert_eq!(c.cmd("RNFR /upload/small.log").await.0, 350);
     assert_eq!(c.cmd("RNTO /upload/logs/small.log").await.0, 250);
     assert!(area.join("logs/small.log").is_file());
-    assert_eq!(c.cmd("RMD /upload/logs").await.0, 550, "non-empty directory removed");
+    assert_eq!(
+        c.cmd("RMD /upload/logs").await.0,
+        550,
+        "non-empty directory removed"
+    );
     assert_eq!(c.cmd("DELE /upload/logs/small.log").await.0, 250);
     assert_eq!(c.cmd("RMD /upload/logs").await.0, 250);
 

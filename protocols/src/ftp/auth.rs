@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, Principal, UserDetail, UserDetailError, UserDetailProvider};
+use unftp_core::auth::{
+    AuthenticationError, Authenticator, Credentials, Principal, UserDetail, UserDetailError,
+    UserDetailProvider,
+};
 
 use super::FtpError;
 
@@ -51,7 +54,10 @@ struct Account {
 impl fmt::Debug for Account {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the hash.
-        f.debug_struct("Account").field("name", &self.name).field("upload", &self.upload).finish()
+        f.debug_struct("Account")
+            .field("name", &self.name)
+            .field("upload", &self.upload)
+            .finish()
     }
 }
 
@@ -65,7 +71,10 @@ pub(crate) struct Accounts {
 impl Accounts {
     /// `upload_area`: whether an upload directory is configured; without one no user
     /// can write, whatever its `upload` flag says.
-    pub(crate) fn from_config(cfg: &provbox_config::FtpConfig, upload_area: bool) -> Result<Accounts, FtpError> {
+    pub(crate) fn from_config(
+        cfg: &provbox_config::FtpConfig,
+        upload_area: bool,
+    ) -> Result<Accounts, FtpError> {
         let mut users = Vec::with_capacity(cfg.users.len());
         for (i, u) in cfg.users.iter().enumerate() {
             let hash = parse_hash(&u.password_hash).ok_or_else(|| FtpError::Config {
@@ -78,9 +87,16 @@ impl Accounts {
             if u.upload && !upload_area {
                 tracing::warn!(user = %u.name, "ftp user has upload = true but no ftp.upload_dir is configured; the user is read-only");
             }
-            users.push(Account { name: u.name.clone(), hash, upload: u.upload && upload_area });
+            users.push(Account {
+                name: u.name.clone(),
+                hash,
+                upload: u.upload && upload_area,
+            });
         }
-        Ok(Accounts { anonymous: cfg.anonymous, users })
+        Ok(Accounts {
+            anonymous: cfg.anonymous,
+            users,
+        })
     }
 
     fn account(&self, name: &str) -> Option<&Account> {
@@ -97,7 +113,10 @@ fn parse_hash(s: &str) -> Option<[u8; 32]> {
 /// Compares two digests in time independent of where they differ. Hand-written: three
 /// lines do not justify a dependency.
 fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Authenticator and user-detail provider of one control connection.
@@ -113,16 +132,23 @@ impl SessionAuth {
     }
 
     fn is_anonymous(&self, name: &str) -> bool {
-        self.accounts.account(name).is_none() && ANONYMOUS_NAMES.iter().any(|a| a.eq_ignore_ascii_case(name))
+        self.accounts.account(name).is_none()
+            && ANONYMOUS_NAMES.iter().any(|a| a.eq_ignore_ascii_case(name))
     }
 }
 
 #[async_trait]
 impl Authenticator for SessionAuth {
-    async fn authenticate(&self, username: &str, creds: &Credentials) -> Result<Principal, AuthenticationError> {
+    async fn authenticate(
+        &self,
+        username: &str,
+        creds: &Credentials,
+    ) -> Result<Principal, AuthenticationError> {
         if self.is_anonymous(username) {
             if self.accounts.anonymous {
-                return Ok(Principal { username: "anonymous".to_string() });
+                return Ok(Principal {
+                    username: "anonymous".to_string(),
+                });
             }
             metrics::counter!("provbox_ftp_logins_total", "result" => "refused").increment(1);
             crate::warn_limited!(peer = %self.peer, "ftp: anonymous login refused (ftp.anonymous = false)");
@@ -133,10 +159,13 @@ impl Authenticator for SessionAuth {
             crate::warn_limited!(peer = %self.peer, user = %username, "ftp: login for an unknown user refused");
             return Err(AuthenticationError::BadUser);
         };
-        let given: [u8; 32] = Sha256::digest(creds.password.as_deref().unwrap_or("").as_bytes()).into();
+        let given: [u8; 32] =
+            Sha256::digest(creds.password.as_deref().unwrap_or("").as_bytes()).into();
         if digests_equal(&given, &account.hash) {
             metrics::counter!("provbox_ftp_logins_total", "result" => "ok").increment(1);
-            Ok(Principal { username: account.name.clone() })
+            Ok(Principal {
+                username: account.name.clone(),
+            })
         } else {
             metrics::counter!("provbox_ftp_logins_total", "result" => "refused").increment(1);
             crate::warn_limited!(peer = %self.peer, user = %username, "ftp: wrong password");
@@ -150,8 +179,15 @@ impl UserDetailProvider for SessionAuth {
     type User = FtpUser;
 
     async fn provide_user_detail(&self, principal: &Principal) -> Result<FtpUser, UserDetailError> {
-        let upload = self.accounts.account(&principal.username).is_some_and(|a| a.upload);
-        Ok(FtpUser { name: principal.username.clone(), peer: self.peer, upload })
+        let upload = self
+            .accounts
+            .account(&principal.username)
+            .is_some_and(|a| a.upload);
+        Ok(FtpUser {
+            name: principal.username.clone(),
+            peer: self.peer,
+            upload,
+        })
     }
 }
 
@@ -171,7 +207,8 @@ mod tests {
             users: vec![CfgUser {
                 name: "lab".into(),
                 // printf %s secret | sha256sum
-                password_hash: "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b".into(),
+                password_hash:
+                    "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b".into(),
                 upload: true,
             }],
             ..FtpConfig::default()
@@ -183,13 +220,48 @@ mod tests {
     async fn checks_passwords_and_anonymous() {
         let peer: SocketAddr = "127.0.0.9:4000".parse().unwrap();
         let a = SessionAuth::new(accounts(true), peer);
-        assert_eq!(a.authenticate("lab", &creds("secret")).await.unwrap().username, "lab");
-        assert!(matches!(a.authenticate("lab", &creds("Secret")).await, Err(AuthenticationError::BadPassword)));
-        assert!(matches!(a.authenticate("nobody", &creds("x")).await, Err(AuthenticationError::BadUser)));
-        assert_eq!(a.authenticate("FTP", &creds("me@x")).await.unwrap().username, "anonymous");
-        let user = a.provide_user_detail(&Principal { username: "lab".into() }).await.unwrap();
-        assert_eq!(user, FtpUser { name: "lab".into(), peer, upload: true });
-        let anon = a.provide_user_detail(&Principal { username: "anonymous".into() }).await.unwrap();
+        assert_eq!(
+            a.authenticate("lab", &creds("secret"))
+                .await
+                .unwrap()
+                .username,
+            "lab"
+        );
+        assert!(matches!(
+            a.authenticate("lab", &creds("Secret")).await,
+            Err(AuthenticationError::BadPassword)
+        ));
+        assert!(matches!(
+            a.authenticate("nobody", &creds("x")).await,
+            Err(AuthenticationError::BadUser)
+        ));
+        assert_eq!(
+            a.authenticate("FTP", &creds("me@x"))
+                .await
+                .unwrap()
+                .username,
+            "anonymous"
+        );
+        let user = a
+            .provide_user_detail(&Principal {
+                username: "lab".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            user,
+            FtpUser {
+                name: "lab".into(),
+                peer,
+                upload: true
+            }
+        );
+        let anon = a
+            .provide_user_detail(&Principal {
+                username: "anonymous".into(),
+            })
+            .await
+            .unwrap();
         assert!(!anon.upload);
 
         let closed = SessionAuth::new(accounts(false), peer);
@@ -199,13 +271,21 @@ mod tests {
     #[test]
     fn upload_needs_an_upload_area() {
         let cfg = FtpConfig {
-            users: vec![CfgUser { name: "u".into(), password_hash: format!("sha256:{}", "00".repeat(32)), upload: true }],
+            users: vec![CfgUser {
+                name: "u".into(),
+                password_hash: format!("sha256:{}", "00".repeat(32)),
+                upload: true,
+            }],
             ..FtpConfig::default()
         };
         let acc = Accounts::from_config(&cfg, false).unwrap();
         assert!(!acc.account("u").unwrap().upload);
         let bad = FtpConfig {
-            users: vec![CfgUser { name: "u".into(), password_hash: "md5:abc".into(), upload: false }],
+            users: vec![CfgUser {
+                name: "u".into(),
+                password_hash: "md5:abc".into(),
+                upload: false,
+            }],
             ..FtpConfig::default()
         };
         assert!(Accounts::from_config(&bad, false).is_err());

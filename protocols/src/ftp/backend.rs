@@ -17,7 +17,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use unftp_core::storage::{Error, ErrorKind, FEATURE_RESTART, Fileinfo, Metadata, Result, StorageBackend};
+use unftp_core::storage::{
+    Error, ErrorKind, FEATURE_RESTART, Fileinfo, Metadata, Result, StorageBackend,
+};
 
 use provbox_storage::{Snapshot, Store, StoreError, resolve};
 
@@ -44,10 +46,18 @@ pub struct Meta {
 
 impl Meta {
     pub(crate) fn dir(mtime: SystemTime) -> Meta {
-        Meta { dir: true, len: 0, mtime }
+        Meta {
+            dir: true,
+            len: 0,
+            mtime,
+        }
     }
     pub(crate) fn file(len: u64, mtime: SystemTime) -> Meta {
-        Meta { dir: false, len, mtime }
+        Meta {
+            dir: false,
+            len,
+            mtime,
+        }
     }
 }
 
@@ -132,8 +142,18 @@ fn denied(why: &'static str) -> Error {
 }
 
 impl StoreBackend {
-    pub(crate) fn new(store: Store, bus: EventBus, upload: Option<Arc<UploadArea>>, stop: CancellationToken) -> Self {
-        StoreBackend { store, bus, upload, stop }
+    pub(crate) fn new(
+        store: Store,
+        bus: EventBus,
+        upload: Option<Arc<UploadArea>>,
+        stop: CancellationToken,
+    ) -> Self {
+        StoreBackend {
+            store,
+            bus,
+            upload,
+            stop,
+        }
     }
 
     fn target(&self, user: &FtpUser, path: &Path) -> Result<Target> {
@@ -146,7 +166,10 @@ impl StoreBackend {
             if rel == UPLOAD_DIR {
                 return Ok(Target::Upload(String::new()));
             }
-            if let Some(rest) = rel.strip_prefix(UPLOAD_DIR).and_then(|r| r.strip_prefix('/')) {
+            if let Some(rest) = rel
+                .strip_prefix(UPLOAD_DIR)
+                .and_then(|r| r.strip_prefix('/'))
+            {
                 return Ok(Target::Upload(rest.to_string()));
             }
         }
@@ -154,7 +177,9 @@ impl StoreBackend {
     }
 
     fn upload_area(&self) -> Result<&UploadArea> {
-        self.upload.as_deref().ok_or_else(|| denied("no upload area"))
+        self.upload
+            .as_deref()
+            .ok_or_else(|| denied("no upload area"))
     }
 
     /// A write outside the upload area: refused, and said so on the bus.
@@ -177,7 +202,9 @@ impl StoreBackend {
         }
         // A directory is as new as its newest file; the root of an empty store is "now".
         let newest = index.list(rel).iter().map(|i| i.mtime_ms).max();
-        let mtime = newest.map_or_else(SystemTime::now, |ms| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+        let mtime = newest.map_or_else(SystemTime::now, |ms| {
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+        });
         Some(Meta::dir(mtime))
     }
 
@@ -203,7 +230,13 @@ impl StoreBackend {
     }
 
     /// Sends a snapshot from `offset` to `output`, one chunk read ahead.
-    async fn send_snapshot<W>(&self, snap: &Snapshot, offset: u64, output: &mut W, transfer: &mut Transfer) -> std::result::Result<u64, (Error, String)>
+    async fn send_snapshot<W>(
+        &self,
+        snap: &Snapshot,
+        offset: u64,
+        output: &mut W,
+        transfer: &mut Transfer,
+    ) -> std::result::Result<u64, (Error, String)>
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
@@ -211,22 +244,41 @@ impl StoreBackend {
         let mut off = offset;
         let mut sent = 0u64;
         let mut spare = Some(Vec::with_capacity(CHUNK));
-        let mut pending = (off < size).then(|| read_chunk(snap.clone(), Vec::with_capacity(CHUNK), off, size));
+        let mut pending =
+            (off < size).then(|| read_chunk(snap.clone(), Vec::with_capacity(CHUNK), off, size));
         while let Some(read) = pending.take() {
             let (buf, n) = match read.await {
                 Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err((Error::new(ErrorKind::LocalError, e), format!("reading the snapshot failed after {sent} bytes"))),
-                Err(e) => return Err((Error::new(ErrorKind::LocalError, e), "snapshot reader task failed".to_string())),
+                Ok(Err(e)) => {
+                    return Err((
+                        Error::new(ErrorKind::LocalError, e),
+                        format!("reading the snapshot failed after {sent} bytes"),
+                    ));
+                }
+                Err(e) => {
+                    return Err((
+                        Error::new(ErrorKind::LocalError, e),
+                        "snapshot reader task failed".to_string(),
+                    ));
+                }
             };
             if n == 0 {
                 return Err((
-                    Error::new(ErrorKind::LocalError, "snapshot shorter than its index entry"),
+                    Error::new(
+                        ErrorKind::LocalError,
+                        "snapshot shorter than its index entry",
+                    ),
                     format!("snapshot ended early after {sent} bytes"),
                 ));
             }
             off += n as u64;
             if off < size {
-                pending = Some(read_chunk(snap.clone(), spare.take().unwrap_or_default(), off, size));
+                pending = Some(read_chunk(
+                    snap.clone(),
+                    spare.take().unwrap_or_default(),
+                    off,
+                    size,
+                ));
             }
             tokio::select! {
                 r = output.write_all(&buf[..n]) => {
@@ -244,7 +296,10 @@ impl StoreBackend {
             spare = Some(buf);
         }
         if let Err(e) = output.flush().await {
-            return Err((Error::new(ErrorKind::ConnectionClosed, e), format!("the client closed the data connection after {sent} bytes")));
+            return Err((
+                Error::new(ErrorKind::ConnectionClosed, e),
+                format!("the client closed the data connection after {sent} bytes"),
+            ));
         }
         Ok(sent)
     }
@@ -252,7 +307,12 @@ impl StoreBackend {
 
 /// Reads up to `CHUNK` bytes at `off` on the blocking pool (a cold page-cache miss must
 /// not stall a runtime worker).
-fn read_chunk(snap: Snapshot, mut buf: Vec<u8>, off: u64, size: u64) -> tokio::task::JoinHandle<std::io::Result<(Vec<u8>, usize)>> {
+fn read_chunk(
+    snap: Snapshot,
+    mut buf: Vec<u8>,
+    off: u64,
+    size: u64,
+) -> tokio::task::JoinHandle<std::io::Result<(Vec<u8>, usize)>> {
     tokio::task::spawn_blocking(move || {
         let len = usize::try_from(size - off).map_or(CHUNK, |r| r.min(CHUNK));
         buf.resize(len, 0);
@@ -273,7 +333,11 @@ impl StorageBackend<FtpUser> for StoreBackend {
         FEATURE_RESTART
     }
 
-    async fn metadata<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<Meta> {
+    async fn metadata<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpUser,
+        path: P,
+    ) -> Result<Meta> {
         match self.target(user, path.as_ref())? {
             Target::Upload(rel) => self.upload_area()?.metadata(&rel).await,
             Target::Store(rel) => {
@@ -286,7 +350,8 @@ impl StorageBackend<FtpUser> for StoreBackend {
                         if user.upload && self.upload.is_some() && rel == UPLOAD_DIR {
                             return Ok(Meta::dir(SystemTime::now()));
                         }
-                        self.store_dir_meta(&rel).ok_or_else(|| not_found(format!("no such file or directory: /{rel}")))
+                        self.store_dir_meta(&rel)
+                            .ok_or_else(|| not_found(format!("no such file or directory: /{rel}")))
                     }
                     Err(e) => Err(not_found(e)),
                 }
@@ -294,7 +359,11 @@ impl StorageBackend<FtpUser> for StoreBackend {
         }
     }
 
-    async fn list<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<Vec<Fileinfo<PathBuf, Meta>>> {
+    async fn list<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpUser,
+        path: P,
+    ) -> Result<Vec<Fileinfo<PathBuf, Meta>>> {
         let rel = match self.target(user, path.as_ref())? {
             Target::Upload(rel) => return self.upload_area()?.list(&rel).await,
             Target::Store(rel) => rel,
@@ -303,11 +372,17 @@ impl StorageBackend<FtpUser> for StoreBackend {
         if !index.is_dir(&rel) {
             // `LIST file` lists that one file.
             let e = self.store.lookup(&rel).map_err(not_found)?;
-            return Ok(vec![Fileinfo { path: PathBuf::from(e.name()), metadata: Meta::file(e.size, e.mtime()) }]);
+            return Ok(vec![Fileinfo {
+                path: PathBuf::from(e.name()),
+                metadata: Meta::file(e.size, e.mtime()),
+            }]);
         }
         let mut out: Vec<Fileinfo<PathBuf, Meta>> = Vec::new();
         if rel.is_empty() && user.upload && self.upload.is_some() {
-            out.push(Fileinfo { path: PathBuf::from(UPLOAD_DIR), metadata: Meta::dir(SystemTime::now()) });
+            out.push(Fileinfo {
+                path: PathBuf::from(UPLOAD_DIR),
+                metadata: Meta::dir(SystemTime::now()),
+            });
         }
         for item in index.list(&rel) {
             let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(item.mtime_ms);
@@ -315,12 +390,21 @@ impl StorageBackend<FtpUser> for StoreBackend {
                 Some(e) => Meta::file(e.size, mtime),
                 None => Meta::dir(mtime),
             };
-            out.push(Fileinfo { path: PathBuf::from(item.name), metadata });
+            out.push(Fileinfo {
+                path: PathBuf::from(item.name),
+                metadata,
+            });
         }
         Ok(out)
     }
 
-    async fn get_into<'a, P, W: ?Sized>(&self, user: &FtpUser, path: P, start_pos: u64, output: &'a mut W) -> Result<u64>
+    async fn get_into<'a, P, W: ?Sized>(
+        &self,
+        user: &FtpUser,
+        path: P,
+        start_pos: u64,
+        output: &'a mut W,
+    ) -> Result<u64>
     where
         W: AsyncWrite + Unpin + Sync + Send,
         P: AsRef<Path> + Send + Debug,
@@ -328,7 +412,9 @@ impl StorageBackend<FtpUser> for StoreBackend {
         let requested = path.as_ref().to_string_lossy().into_owned();
         let rel = match self.target(user, path.as_ref()) {
             Ok(Target::Store(rel)) => rel,
-            Ok(Target::Upload(rel)) => return self.upload_area()?.send(&rel, start_pos, output).await,
+            Ok(Target::Upload(rel)) => {
+                return self.upload_area()?.send(&rel, start_pos, output).await;
+            }
             Err(e) => {
                 self.bus.publish(EventKind::TransferRefused {
                     proto: Proto::Ftp,
@@ -357,7 +443,10 @@ impl StorageBackend<FtpUser> for StoreBackend {
                 tftp: None,
             },
         );
-        match self.send_snapshot(&snap, offset, output, &mut transfer).await {
+        match self
+            .send_snapshot(&snap, offset, output, &mut transfer)
+            .await
+        {
             Ok(sent) => {
                 transfer.finish();
                 Ok(sent)
@@ -369,7 +458,12 @@ impl StorageBackend<FtpUser> for StoreBackend {
         }
     }
 
-    async fn get<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P, start_pos: u64) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
+    async fn get<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpUser,
+        path: P,
+        start_pos: u64,
+    ) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
         // libunftp only reads through `get_into`; this is the plain-reader form of the
         // same thing (used by SITE MD5, which is off).
         let requested = path.as_ref().to_string_lossy().into_owned();
@@ -381,7 +475,9 @@ impl StorageBackend<FtpUser> for StoreBackend {
         let size = snap.entry.size;
         let offset = start_pos.min(size);
         let mut file = snap.tokio_file().map_err(Error::from)?;
-        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(Error::from)?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(Error::from)?;
         let transfer = Transfer::start(
             &self.bus,
             TransferStart {
@@ -395,7 +491,10 @@ impl StorageBackend<FtpUser> for StoreBackend {
                 tftp: None,
             },
         );
-        Ok(Box::new(CountingReader::new(tokio::io::BufReader::with_capacity(CHUNK, file), transfer)))
+        Ok(Box::new(CountingReader::new(
+            tokio::io::BufReader::with_capacity(CHUNK, file),
+            transfer,
+        )))
     }
 
     async fn put<P: AsRef<Path> + Send + Debug, R: AsyncRead + Send + Sync + Unpin + 'static>(
@@ -425,8 +524,16 @@ impl StorageBackend<FtpUser> for StoreBackend {
         }
     }
 
-    async fn rename<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, from: P, to: P) -> Result<()> {
-        match (self.target(user, from.as_ref())?, self.target(user, to.as_ref())?) {
+    async fn rename<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpUser,
+        from: P,
+        to: P,
+    ) -> Result<()> {
+        match (
+            self.target(user, from.as_ref())?,
+            self.target(user, to.as_ref())?,
+        ) {
             (Target::Upload(f), Target::Upload(t)) => self.upload_area()?.rename(&f, &t).await,
             _ => Err(self.refuse_write(user, from.as_ref(), "RNFR/RNTO")),
         }
@@ -447,7 +554,10 @@ impl StorageBackend<FtpUser> for StoreBackend {
         if ok {
             Ok(())
         } else {
-            Err(Error::new(ErrorKind::PermanentDirectoryNotAvailable, format!("no such directory: {}", path.as_ref().display())))
+            Err(Error::new(
+                ErrorKind::PermanentDirectoryNotAvailable,
+                format!("no such directory: {}", path.as_ref().display()),
+            ))
         }
     }
 }
@@ -464,7 +574,15 @@ mod tests {
         assert_eq!(ok("/a/./b//c.cfg"), "a/b/c.cfg");
         assert_eq!(ok("/a/../b.img"), "b.img");
         assert_eq!(ok("rel/x"), "rel/x");
-        for bad in ["/..", "/../etc/passwd", "/a/../../x", "/%2e%2e/x", "/a\\b", "/.hidden", "/a/\0b"] {
+        for bad in [
+            "/..",
+            "/../etc/passwd",
+            "/a/../../x",
+            "/%2e%2e/x",
+            "/a\\b",
+            "/.hidden",
+            "/a/\0b",
+        ] {
             assert!(normalize(Path::new(bad)).is_err(), "{bad:?} accepted");
         }
     }

@@ -52,15 +52,26 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum FtpError {
     #[error("cannot listen for FTP on {addr}: {source}; free the port or change ftp.bind")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("`{field}`: {message}")]
     Config { field: String, message: String },
-    #[error("cannot use the FTP upload directory {path}: {source}; create it or fix ftp.upload_dir")]
-    UploadDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(
+        "cannot use the FTP upload directory {path}: {source}; create it or fix ftp.upload_dir"
+    )]
+    UploadDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot build the FTPS TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error("cannot set up the FTP listener on {addr}: {source}")]
-    Io { addr: SocketAddr, source: std::io::Error },
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Builds the rustls configuration FTPS uses from the HTTPS certificate and key:
@@ -69,10 +80,12 @@ pub fn tls_config(
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, FtpError> {
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
     Ok(Arc::new(cfg))
 }
 
@@ -117,7 +130,9 @@ impl FtpServer {
             Some(IpAddr::V6(ip)) => {
                 return Err(FtpError::Config {
                     field: "ftp.passive_address".into(),
-                    message: format!("{ip} is IPv6, but PASV can only advertise an IPv4 address; give an IPv4 address (EPSV needs none)"),
+                    message: format!(
+                        "{ip} is IPv6, but PASV can only advertise an IPv4 address; give an IPv4 address (EPSV needs none)"
+                    ),
                 });
             }
         };
@@ -140,8 +155,16 @@ impl FtpServer {
             None => None,
         };
         let accounts = Arc::new(Accounts::from_config(cfg, upload.is_some())?);
-        let listener = TcpListener::bind(cfg.bind).await.map_err(|source| FtpError::Bind { addr: cfg.bind, source })?;
-        let local_addr = listener.local_addr().map_err(|source| FtpError::Io { addr: cfg.bind, source })?;
+        let listener = TcpListener::bind(cfg.bind)
+            .await
+            .map_err(|source| FtpError::Bind {
+                addr: cfg.bind,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| FtpError::Io {
+            addr: cfg.bind,
+            source,
+        })?;
         let shared = Shared {
             store,
             bus,
@@ -163,7 +186,11 @@ impl FtpServer {
             upload = ?cfg.upload_dir,
             "ftp server listening"
         );
-        Ok(FtpServer { listener, local_addr, shared: Arc::new(shared) })
+        Ok(FtpServer {
+            listener,
+            local_addr,
+            shared: Arc::new(shared),
+        })
     }
 
     /// The bound control address.
@@ -202,8 +229,14 @@ impl FtpServer {
         drop(self.listener);
         self.shared.stop.cancel();
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-            tracing::warn!(sessions = tracker.len(), "ftp: sessions still open after the shutdown grace period");
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = tracker.len(),
+                "ftp: sessions still open after the shutdown grace period"
+            );
         }
         tracing::info!(addr = %self.local_addr, "ftp server stopped");
         Ok(())
@@ -211,19 +244,34 @@ impl FtpServer {
 }
 
 async fn refuse_busy(mut stream: TcpStream) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(b"421 Too many connections; try again later.\r\n")).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        stream.write_all(b"421 Too many connections; try again later.\r\n"),
+    )
+    .await;
 }
 
-fn build_server(shared: &Shared, peer: SocketAddr) -> Result<libunftp::Server<StoreBackend, FtpUser>, libunftp::ServerError> {
+fn build_server(
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<libunftp::Server<StoreBackend, FtpUser>, libunftp::ServerError> {
     let auth = Arc::new(SessionAuth::new(shared.accounts.clone(), peer));
-    let backend = StoreBackend::new(shared.store.clone(), shared.bus.clone(), shared.upload.clone(), shared.stop.clone());
-    let mut builder = ServerBuilder::<StoreBackend, FtpUser>::with_user_detail_provider(Box::new(move || backend.clone()), auth.clone())
-        .authenticator(auth)
-        .greeting(GREETING)
-        .passive_ports(shared.passive.range())
-        .passive_host(shared.passive_host.clone())
-        .binder(shared.passive.clone())
-        .idle_session_timeout(shared.idle_secs);
+    let backend = StoreBackend::new(
+        shared.store.clone(),
+        shared.bus.clone(),
+        shared.upload.clone(),
+        shared.stop.clone(),
+    );
+    let mut builder = ServerBuilder::<StoreBackend, FtpUser>::with_user_detail_provider(
+        Box::new(move || backend.clone()),
+        auth.clone(),
+    )
+    .authenticator(auth)
+    .greeting(GREETING)
+    .passive_ports(shared.passive.range())
+    .passive_host(shared.passive_host.clone())
+    .binder(shared.passive.clone())
+    .idle_session_timeout(shared.idle_secs);
     if let Some(tls) = &shared.tls {
         builder = builder.ftps_manual::<std::path::PathBuf>(tls.clone());
     }
@@ -231,7 +279,12 @@ fn build_server(shared: &Shared, peer: SocketAddr) -> Result<libunftp::Server<St
 }
 
 /// One control connection, from accept to close.
-async fn session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, _slot: OwnedSemaphorePermit) {
+async fn session(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+) {
     metrics::counter!("provbox_ftp_sessions_total").increment(1);
     let _ = stream.set_nodelay(true);
     // Keep a second handle on the socket: libunftp owns the stream, and shutting the

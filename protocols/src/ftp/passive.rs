@@ -28,7 +28,11 @@ pub(crate) struct PassivePorts {
 
 impl PassivePorts {
     pub(crate) fn new(range: provbox_config::PortRange) -> PassivePorts {
-        PassivePorts { first: range.first, last: range.last, cursor: Arc::new(AtomicUsize::new(0)) }
+        PassivePorts {
+            first: range.first,
+            last: range.last,
+            cursor: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     pub(crate) fn range(&self) -> RangeInclusive<u16> {
@@ -49,7 +53,11 @@ impl PassivePorts {
 
 #[async_trait]
 impl libunftp::options::Binder for PassivePorts {
-    async fn bind(&mut self, local_ip: IpAddr, _ports: RangeInclusive<u16>) -> io::Result<TcpSocket> {
+    async fn bind(
+        &mut self,
+        local_ip: IpAddr,
+        _ports: RangeInclusive<u16>,
+    ) -> io::Result<TcpSocket> {
         let n = usize::from(self.last - self.first) + 1;
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let mut last_err = None;
@@ -83,7 +91,10 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let probe = std::net::TcpListener::bind((ip, 0)).unwrap();
         let port = probe.local_addr().unwrap().port();
-        let mut b = PassivePorts::new(provbox_config::PortRange { first: port, last: port });
+        let mut b = PassivePorts::new(provbox_config::PortRange {
+            first: port,
+            last: port,
+        });
         // Someone else listens on the only port: refused, not shared.
         assert!(b.bind(ip, b.range()).await.is_err());
         drop(probe);

@@ -38,7 +38,9 @@ fn refused(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::new(ErrorKind::FileNameNotAllowedError, e)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(Error::from),
         Err(e) => Err(Error::new(ErrorKind::LocalError, e)),
@@ -48,7 +50,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
 impl UploadArea {
     /// Creates the directory if needed.
     pub(crate) fn open(dir: &Path, max: u64) -> std::result::Result<UploadArea, FtpError> {
-        let err = |source| FtpError::UploadDir { path: dir.to_path_buf(), source };
+        let err = |source| FtpError::UploadDir {
+            path: dir.to_path_buf(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(err)?;
         let root = dir.canonicalize().map_err(err)?;
         Ok(UploadArea { root, max })
@@ -60,7 +65,8 @@ impl UploadArea {
         if rel.is_empty() {
             return Ok(root.to_path_buf());
         }
-        let clean = resolve::resolve(rel).map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+        let clean = resolve::resolve(rel)
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
         let comps: Vec<&str> = clean.split('/').collect();
         let mut p = root.to_path_buf();
         for (i, c) in comps.iter().enumerate() {
@@ -68,7 +74,10 @@ impl UploadArea {
             if i + 1 < comps.len() {
                 let m = std::fs::symlink_metadata(&p)?;
                 if !m.file_type().is_dir() {
-                    return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is not a directory", p.display())));
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("{} is not a directory", p.display()),
+                    ));
                 }
             }
         }
@@ -92,7 +101,8 @@ impl UploadArea {
         blocking(move || {
             let p = Self::checked(&root, &rel)?;
             let m = std::fs::symlink_metadata(&p)?;
-            Self::meta_of(&m).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not a file or directory"))
+            Self::meta_of(&m)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not a file or directory"))
         })
         .await
     }
@@ -110,7 +120,10 @@ impl UploadArea {
                 }
                 // `DirEntry::metadata` does not follow symlinks; they are not listed.
                 if let Some(meta) = e.metadata().ok().as_ref().and_then(Self::meta_of) {
-                    out.push(Fileinfo { path: PathBuf::from(name), metadata: meta });
+                    out.push(Fileinfo {
+                        path: PathBuf::from(name),
+                        metadata: meta,
+                    });
                 }
             }
             out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -121,11 +134,19 @@ impl UploadArea {
 
     /// Sends an uploaded file back (`RETR` in the upload area). No transfer events:
     /// these are not store files.
-    pub(crate) async fn send<W: AsyncWrite + Unpin + ?Sized>(&self, rel: &str, start: u64, output: &mut W) -> Result<u64> {
+    pub(crate) async fn send<W: AsyncWrite + Unpin + ?Sized>(
+        &self,
+        rel: &str,
+        start: u64,
+        output: &mut W,
+    ) -> Result<u64> {
         let (root, rel) = (self.root.clone(), rel.to_string());
         let file = blocking(move || {
             let p = Self::checked(&root, &rel)?;
-            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(p)
         })
         .await?;
         let mut file = tokio::fs::File::from_std(file);
@@ -137,9 +158,18 @@ impl UploadArea {
     }
 
     /// Stores an upload under `rel`, atomically, within the size cap.
-    pub(crate) async fn put<R: AsyncRead + Unpin>(&self, user: &FtpUser, rel: &str, input: R, start: u64) -> Result<u64> {
+    pub(crate) async fn put<R: AsyncRead + Unpin>(
+        &self,
+        user: &FtpUser,
+        rel: &str,
+        input: R,
+        start: u64,
+    ) -> Result<u64> {
         if start != 0 {
-            return Err(Error::new(ErrorKind::CommandNotImplemented, "resumed or appended uploads are not supported"));
+            return Err(Error::new(
+                ErrorKind::CommandNotImplemented,
+                "resumed or appended uploads are not supported",
+            ));
         }
         if rel.is_empty() {
             return Err(refused("cannot store over the upload directory"));
@@ -148,11 +178,21 @@ impl UploadArea {
         let (dest, tmp, file) = blocking(move || {
             let dest = Self::checked(&root, &r)?;
             if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
-                return Err(io::Error::new(io::ErrorKind::PermissionDenied, "a directory has that name"));
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "a directory has that name",
+                ));
             }
             let parent = dest.parent().unwrap_or(&root).to_path_buf();
-            let tmp = parent.join(format!(".provbox-upload-{}-{}", std::process::id(), TMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
-            let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let tmp = parent.join(format!(
+                ".provbox-upload-{}-{}",
+                std::process::id(),
+                TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
             Ok((dest, tmp, file))
         })
         .await?;
@@ -173,9 +213,11 @@ impl UploadArea {
         let (t, d) = (tmp.clone(), dest.clone());
         match result {
             Ok(n) => {
-                blocking(move || std::fs::rename(&t, &d)).await.inspect_err(|_| {
-                    let _ = std::fs::remove_file(&tmp);
-                })?;
+                blocking(move || std::fs::rename(&t, &d))
+                    .await
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&tmp);
+                    })?;
                 metrics::counter!("provbox_ftp_uploads_total").increment(1);
                 tracing::info!(user = %user, path = %dest.display(), bytes = n, "ftp upload stored");
                 Ok(n)
@@ -193,7 +235,10 @@ impl UploadArea {
         blocking(move || {
             let p = Self::checked(&root, &rel)?;
             if std::fs::symlink_metadata(&p)?.is_dir() {
-                return Err(io::Error::new(io::ErrorKind::NotFound, "is a directory; use RMD"));
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "is a directory; use RMD",
+                ));
             }
             std::fs::remove_file(p)
         })

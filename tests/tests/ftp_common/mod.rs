@@ -22,7 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Passive ports for every FTP test; servers running in parallel share the range
 /// (the server skips ports that are in use).
-pub const PASSIVE: PortRange = PortRange { first: 40000, last: 40999 };
+pub const PASSIVE: PortRange = PortRange {
+    first: 40000,
+    last: 40999,
+};
 
 /// Upper bound for any single wait in these tests (not a speed assertion).
 pub const BOUND: Duration = Duration::from_secs(30);
@@ -42,10 +45,14 @@ pub struct Ftp {
 
 /// Deterministic pseudo-random content (no dependency needed for test data).
 pub fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (x >> 33) as u8
         })
         .collect()
@@ -86,18 +93,37 @@ impl Ftp {
         };
         tweak(&mut cfg);
         let (tls, cert_pem) = if cfg.ftps {
-            let m = provbox_storage::tls::load_or_generate(None, None, &state, &["localhost".into(), "127.0.0.1".into()]).unwrap();
+            let m = provbox_storage::tls::load_or_generate(
+                None,
+                None,
+                &state,
+                &["localhost".into(), "127.0.0.1".into()],
+            )
+            .unwrap();
             let path = m.cert_path.clone();
             (Some(tls_config(m.chain, m.key).unwrap()), Some(path))
         } else {
             (None, None)
         };
         let bus = EventBus::default();
-        let server = FtpServer::bind(&cfg, store.clone(), bus.clone(), tls.clone()).await.unwrap();
+        let server = FtpServer::bind(&cfg, store.clone(), bus.clone(), tls.clone())
+            .await
+            .unwrap();
         let addr = server.local_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        Ftp { addr, root, state, bus, store, tls, cert_pem, shutdown, task, _dir: dir }
+        Ftp {
+            addr,
+            root,
+            state,
+            bus,
+            store,
+            tls,
+            cert_pem,
+            shutdown,
+            task,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -107,7 +133,9 @@ impl Ftp {
     /// Cancels the server and waits for `run` to return.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let r = tokio::time::timeout(BOUND, self.task).await.expect("run() returned after shutdown");
+        let r = tokio::time::timeout(BOUND, self.task)
+            .await
+            .expect("run() returned after shutdown");
         r.unwrap().unwrap();
     }
 
@@ -117,8 +145,14 @@ impl Ftp {
 }
 
 pub async fn run(cmd: &str, args: &[&str]) -> Output {
-    let fut = tokio::process::Command::new(cmd).args(args).kill_on_drop(true).output();
-    tokio::time::timeout(BOUND * 2, fut).await.expect("client finished in time").expect("client runs")
+    let fut = tokio::process::Command::new(cmd)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(BOUND * 2, fut)
+        .await
+        .expect("client finished in time")
+        .expect("client runs")
 }
 
 /// curl with a time limit; returns its output.
@@ -142,11 +176,19 @@ pub fn ok(out: &Output) -> bool {
 }
 
 pub fn text(out: &Output) -> String {
-    format!("status {:?}\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Waits (bounded) for the first event matching `pred`.
-pub async fn wait_event(rx: &mut broadcast::Receiver<Arc<WireEvent>>, mut pred: impl FnMut(&EventKind) -> bool) -> Option<EventKind> {
+pub async fn wait_event(
+    rx: &mut broadcast::Receiver<Arc<WireEvent>>,
+    mut pred: impl FnMut(&EventKind) -> bool,
+) -> Option<EventKind> {
     let deadline = tokio::time::Instant::now() + BOUND;
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -167,7 +209,10 @@ impl Control {
     pub async fn connect(addr: SocketAddr) -> Control {
         let s = TcpStream::connect(addr).await.unwrap();
         let (r, w) = s.into_split();
-        let mut c = Control { r: BufReader::new(r), w };
+        let mut c = Control {
+            r: BufReader::new(r),
+            w,
+        };
         let (code, _) = c.reply().await;
         assert_eq!(code, 220);
         c
@@ -187,7 +232,10 @@ impl Control {
         let mut first_code: Option<String> = None;
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(BOUND, self.r.read_line(&mut line)).await.expect("reply in time").unwrap_or(0);
+            let n = tokio::time::timeout(BOUND, self.r.read_line(&mut line))
+                .await
+                .expect("reply in time")
+                .unwrap_or(0);
             if n == 0 {
                 return (0, all);
             }
@@ -196,14 +244,19 @@ impl Control {
             match &first_code {
                 None if line.as_bytes().get(3) == Some(&b'-') => first_code = Some(code),
                 None => return (code.parse().unwrap_or(0), all),
-                Some(c) if *c == code && line.as_bytes().get(3) == Some(&b' ') => return (code.parse().unwrap_or(0), all),
+                Some(c) if *c == code && line.as_bytes().get(3) == Some(&b' ') => {
+                    return (code.parse().unwrap_or(0), all);
+                }
                 Some(_) => {}
             }
         }
     }
 
     pub async fn send(&mut self, line: &str) {
-        self.w.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
+        self.w
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
     }
 
     pub async fn cmd(&mut self, line: &str) -> (u32, String) {
@@ -215,7 +268,12 @@ impl Control {
     pub async fn epsv(&mut self, host: std::net::IpAddr) -> SocketAddr {
         let (code, text) = self.cmd("EPSV").await;
         assert_eq!(code, 229, "{text}");
-        let port: u16 = text.split("|||").nth(1).and_then(|s| s.split('|').next()).and_then(|p| p.parse().ok()).expect("EPSV port");
+        let port: u16 = text
+            .split("|||")
+            .nth(1)
+            .and_then(|s| s.split('|').next())
+            .and_then(|p| p.parse().ok())
+            .expect("EPSV port");
         SocketAddr::new(host, port)
     }
 }
