@@ -286,6 +286,8 @@ async fn session(
     _slot: OwnedSemaphorePermit,
 ) {
     metrics::counter!("provbox_ftp_sessions_total").increment(1);
+    metrics::gauge!("provbox_ftp_sessions_active").increment(1.0);
+    let _active = ActiveGuard;
     let _ = stream.set_nodelay(true);
     // Keep a second handle on the socket: libunftp owns the stream, and shutting the
     // socket down is how a session is ended from outside (shutdown).
@@ -311,6 +313,15 @@ async fn session(
             let _ = closer.shutdown(std::net::Shutdown::Both);
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut service).await;
         }
+    }
+}
+
+/// Decrements the active-session gauge however the session ends.
+struct ActiveGuard;
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        metrics::gauge!("provbox_ftp_sessions_active").decrement(1.0);
     }
 }
 
