@@ -5,9 +5,10 @@
 //! would climb above the root) and then goes through the store's resolver
 //! (`provbox_storage::resolve`, and `Store::lookup`/`open` for files), which refuses
 //! NUL, backslashes, encoded traversal and hidden names. Downloads are served from
-//! immutable snapshots in large chunks, read on the blocking pool one chunk ahead of
-//! the socket, and each is reported as a [`Transfer`] (started, progress, finished
-//! with the served file's hash, or aborted when the client closes early).
+//! immutable snapshots in 1 MiB `pread` chunks (see [`ChunkReader`]), and each is
+//! reported as a [`Transfer`]: started (client address, path, offset, size), progress,
+//! then finished with the served file's hash, or aborted when the client closes the
+//! data connection early (a header probe) or the server shuts down.
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};

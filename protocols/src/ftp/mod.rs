@@ -4,13 +4,13 @@
 //! provbox owns the listening socket and the accept loop, and gives each control
 //! connection to its own libunftp `Server` (`Server::service`). That is what lets the
 //! server bind port 0 and report it, cap connections, close every session on shutdown,
-//! and know each session's client address (see [`auth`]) — libunftp's own `listen`
+//! and know each session's client address (see `auth`) — libunftp's own `listen`
 //! does none of these.
 //!
-//! - [`backend`]: the `StorageBackend` over the store (and the upload area);
-//! - [`auth`]: logins and the per-session user carrying the client address;
-//! - [`passive`]: passive-port allocation over the configured range;
-//! - [`upload`]: the confined, size-capped upload area.
+//! - `backend`: the `StorageBackend` over the store (and the upload area);
+//! - `auth`: logins and the per-session user carrying the client address;
+//! - `passive`: passive-port allocation over the configured range;
+//! - `upload`: the confined, size-capped upload area.
 //!
 //! Explicit FTPS (`AUTH TLS`, then `PBSZ 0`/`PROT P` for the data channel) uses the
 //! HTTPS certificate. Implicit FTPS (port 990) is not offered.
