@@ -5,14 +5,15 @@
 //! would climb above the root) and then goes through the store's resolver
 //! (`provbox_storage::resolve`, and `Store::lookup`/`open` for files), which refuses
 //! NUL, backslashes, encoded traversal and hidden names. Downloads are served from
-//! immutable snapshots in large chunks, read on the blocking pool one chunk ahead of
-//! the socket, and each is reported as a [`Transfer`] (started, progress, finished
-//! with the served file's hash, or aborted when the client closes early).
+//! immutable snapshots in 1 MiB `pread` chunks (see [`ChunkReader`]), and each is
+//! reported as a [`Transfer`]: started (client address, path, offset, size), progress,
+//! then finished with the served file's hash, or aborted when the client closes the
+//! data connection early (a header probe) or the server shuts down.
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
@@ -203,7 +204,7 @@ impl StoreBackend {
         // A directory is as new as its newest file; the root of an empty store is "now".
         let newest = index.list(rel).iter().map(|i| i.mtime_ms).max();
         let mtime = newest.map_or_else(SystemTime::now, |ms| {
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+            SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
         });
         Some(Meta::dir(mtime))
     }
@@ -229,7 +230,7 @@ impl StoreBackend {
         }
     }
 
-    /// Sends a snapshot from `offset` to `output`, one chunk read ahead.
+    /// Sends a snapshot from `offset` to `output`, chunk by chunk.
     async fn send_snapshot<W>(
         &self,
         snap: &Snapshot,
@@ -241,49 +242,22 @@ impl StoreBackend {
         W: AsyncWrite + Unpin + ?Sized,
     {
         let size = snap.entry.size;
-        let mut off = offset;
+        let total = size - offset;
+        let mut reader = ChunkReader::new(snap.clone(), offset);
         let mut sent = 0u64;
-        let mut spare = Some(Vec::with_capacity(CHUNK));
-        let mut pending =
-            (off < size).then(|| read_chunk(snap.clone(), Vec::with_capacity(CHUNK), off, size));
-        while let Some(read) = pending.take() {
-            let (buf, n) = match read.await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    return Err((
-                        Error::new(ErrorKind::LocalError, e),
-                        format!("reading the snapshot failed after {sent} bytes"),
-                    ));
-                }
+        while reader.off < size {
+            let chunk = match reader.next().await {
+                Ok(c) => c,
                 Err(e) => {
-                    return Err((
-                        Error::new(ErrorKind::LocalError, e),
-                        "snapshot reader task failed".to_string(),
-                    ));
+                    let why = format!("reading the snapshot failed after {sent} bytes: {e}");
+                    return Err((Error::new(ErrorKind::LocalError, e), why));
                 }
             };
-            if n == 0 {
-                return Err((
-                    Error::new(
-                        ErrorKind::LocalError,
-                        "snapshot shorter than its index entry",
-                    ),
-                    format!("snapshot ended early after {sent} bytes"),
-                ));
-            }
-            off += n as u64;
-            if off < size {
-                pending = Some(read_chunk(
-                    snap.clone(),
-                    spare.take().unwrap_or_default(),
-                    off,
-                    size,
-                ));
-            }
+            let n = chunk.len() as u64;
             tokio::select! {
-                r = output.write_all(&buf[..n]) => {
+                r = output.write_all(chunk) => {
                     if let Err(e) = r {
-                        let why = format!("the client closed the data connection after {sent} of {} bytes", size - offset);
+                        let why = format!("the client closed the data connection after {sent} of {total} bytes");
                         return Err((Error::new(ErrorKind::ConnectionClosed, e), why));
                     }
                 }
@@ -291,34 +265,80 @@ impl StoreBackend {
                     return Err((Error::new(ErrorKind::ConnectionClosed, "server shutting down"), "the server shut down".to_string()));
                 }
             }
-            sent += n as u64;
+            sent += n;
             transfer.progress(sent);
-            spare = Some(buf);
         }
         if let Err(e) = output.flush().await {
-            return Err((
-                Error::new(ErrorKind::ConnectionClosed, e),
-                format!("the client closed the data connection after {sent} bytes"),
-            ));
+            let why =
+                format!("the client closed the data connection after {sent} of {total} bytes");
+            return Err((Error::new(ErrorKind::ConnectionClosed, e), why));
         }
         Ok(sent)
     }
 }
 
-/// Reads up to `CHUNK` bytes at `off` on the blocking pool (a cold page-cache miss must
-/// not stall a runtime worker).
-fn read_chunk(
+/// A read that took less than this was served from the page cache.
+const CACHED_READ: Duration = Duration::from_micros(500);
+
+/// Reads a snapshot sequentially in `CHUNK`s with `pread`.
+///
+/// Reads start on the blocking pool, so a cold read (disk, SD card) never stalls a
+/// runtime worker that DHCP and TFTP share. Once a read comes back as fast as a
+/// page-cache copy, the next ones are done inline: two thread handoffs per chunk cost
+/// about a quarter of the server's CPU per byte here, and firmware images are read
+/// over and over, so they are nearly always cached. A slow inline read (evicted pages)
+/// sends the rest of the transfer back to the pool.
+struct ChunkReader {
     snap: Snapshot,
-    mut buf: Vec<u8>,
     off: u64,
-    size: u64,
-) -> tokio::task::JoinHandle<std::io::Result<(Vec<u8>, usize)>> {
-    tokio::task::spawn_blocking(move || {
-        let len = usize::try_from(size - off).map_or(CHUNK, |r| r.min(CHUNK));
+    buf: Vec<u8>,
+    inline: bool,
+}
+
+impl ChunkReader {
+    fn new(snap: Snapshot, off: u64) -> ChunkReader {
+        ChunkReader {
+            snap,
+            off,
+            buf: Vec::new(),
+            inline: false,
+        }
+    }
+
+    fn read(snap: &Snapshot, buf: &mut Vec<u8>, off: u64) -> std::io::Result<usize> {
+        let len = usize::try_from(snap.entry.size - off).map_or(CHUNK, |r| r.min(CHUNK));
         buf.resize(len, 0);
         let n = snap.read_full_at(&mut buf[..len], off)?;
-        Ok((buf, n))
-    })
+        if n < len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "snapshot {} is shorter than its index entry",
+                    snap.entry.sha256
+                ),
+            ));
+        }
+        Ok(n)
+    }
+
+    async fn next(&mut self) -> std::io::Result<&[u8]> {
+        let started = Instant::now();
+        let n = if self.inline {
+            Self::read(&self.snap, &mut self.buf, self.off)?
+        } else {
+            let (snap, mut buf, off) = (self.snap.clone(), std::mem::take(&mut self.buf), self.off);
+            let (buf, n) = tokio::task::spawn_blocking(move || {
+                Self::read(&snap, &mut buf, off).map(|n| (buf, n))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            self.buf = buf;
+            n
+        };
+        self.inline = started.elapsed() < CACHED_READ;
+        self.off += n as u64;
+        Ok(&self.buf[..n])
+    }
 }
 
 #[async_trait]
@@ -346,13 +366,9 @@ impl StorageBackend<FtpUser> for StoreBackend {
                 }
                 match self.store.lookup(&rel) {
                     Ok(e) => Ok(Meta::file(e.size, e.mtime())),
-                    Err(StoreError::NotFound(_)) => {
-                        if user.upload && self.upload.is_some() && rel == UPLOAD_DIR {
-                            return Ok(Meta::dir(SystemTime::now()));
-                        }
-                        self.store_dir_meta(&rel)
-                            .ok_or_else(|| not_found(format!("no such file or directory: /{rel}")))
-                    }
+                    Err(StoreError::NotFound(_)) => self
+                        .store_dir_meta(&rel)
+                        .ok_or_else(|| not_found(format!("no such file or directory: /{rel}"))),
                     Err(e) => Err(not_found(e)),
                 }
             }
@@ -385,7 +401,7 @@ impl StorageBackend<FtpUser> for StoreBackend {
             });
         }
         for item in index.list(&rel) {
-            let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(item.mtime_ms);
+            let mtime = SystemTime::UNIX_EPOCH + Duration::from_millis(item.mtime_ms);
             let metadata = match &item.entry {
                 Some(e) => Meta::file(e.size, mtime),
                 None => Meta::dir(mtime),

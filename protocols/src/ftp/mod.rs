@@ -4,13 +4,13 @@
 //! provbox owns the listening socket and the accept loop, and gives each control
 //! connection to its own libunftp `Server` (`Server::service`). That is what lets the
 //! server bind port 0 and report it, cap connections, close every session on shutdown,
-//! and know each session's client address (see [`auth`]) — libunftp's own `listen`
+//! and know each session's client address (see `auth`) — libunftp's own `listen`
 //! does none of these.
 //!
-//! - [`backend`]: the `StorageBackend` over the store (and the upload area);
-//! - [`auth`]: logins and the per-session user carrying the client address;
-//! - [`passive`]: passive-port allocation over the configured range;
-//! - [`upload`]: the confined, size-capped upload area.
+//! - `backend`: the `StorageBackend` over the store (and the upload area);
+//! - `auth`: logins and the per-session user carrying the client address;
+//! - `passive`: passive-port allocation over the configured range;
+//! - `upload`: the confined, size-capped upload area.
 //!
 //! Explicit FTPS (`AUTH TLS`, then `PBSZ 0`/`PROT P` for the data channel) uses the
 //! HTTPS certificate. Implicit FTPS (port 990) is not offered.
@@ -286,6 +286,8 @@ async fn session(
     _slot: OwnedSemaphorePermit,
 ) {
     metrics::counter!("provbox_ftp_sessions_total").increment(1);
+    metrics::gauge!("provbox_ftp_sessions_active").increment(1.0);
+    let _active = ActiveGuard;
     let _ = stream.set_nodelay(true);
     // Keep a second handle on the socket: libunftp owns the stream, and shutting the
     // socket down is how a session is ended from outside (shutdown).
@@ -311,6 +313,15 @@ async fn session(
             let _ = closer.shutdown(std::net::Shutdown::Both);
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut service).await;
         }
+    }
+}
+
+/// Decrements the active-session gauge however the session ends.
+struct ActiveGuard;
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        metrics::gauge!("provbox_ftp_sessions_active").decrement(1.0);
     }
 }
 
