@@ -470,6 +470,7 @@ pub fn assert_sim_upgraded(p: &PhoneReport, from: &str, version: &str, image_siz
 /// The appliance's side of a successful upgrade of `mac` to `version` over `proto`:
 /// the tracker's journey and version, and every whole image it was sent (bus events
 /// and the tracker's file records) hashing to the store file's `sha`.
+#[allow(clippy::too_many_arguments)]
 pub async fn assert_appliance_upgraded(
     app: &Appliance,
     log: &EventLog,
