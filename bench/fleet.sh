@@ -42,8 +42,8 @@ fi
 SERVE_PID=
 IPERF_PID=
 cleanup() {
-  [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null || true
-  [ -n "$IPERF_PID" ] && kill "$IPERF_PID" 2>/dev/null || true
+  if [ -n "$SERVE_PID" ]; then kill "$SERVE_PID" 2>/dev/null || true; fi
+  if [ -n "$IPERF_PID" ]; then kill "$IPERF_PID" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 
@@ -91,7 +91,8 @@ run_proto() {
   local P_DHCP P_TFTP P_HTTP P_HTTPS P_FTP P_API url
   P_DHCP=$(free_port); P_TFTP=$(free_port); P_HTTP=$(free_port); P_HTTPS=$(free_port)
   P_FTP=$(free_port); P_API=$(free_port)
-  local PASV=$((40000 + RANDOM % 190 * 100))
+  # One passive port per phone downloading at once.
+  local PASV=$((20000 + RANDOM % 20 * 1000))
   case $proto in
     http) url="http://{server}:{http_port}/450HD.img;<MAC>.cfg" ;;
     https) url="https://{server}:{https_port}/450HD.img;<MAC>.cfg" ;;
@@ -117,7 +118,7 @@ provisioning_url = "$url"
 bind = "127.0.0.1:$P_TFTP"
 [ftp]
 bind = "127.0.0.1:$P_FTP"
-passive_ports = "$PASV-$((PASV + 99))"
+passive_ports = "$PASV-$((PASV + 999))"
 [http]
 bind = "127.0.0.1:$P_HTTP"
 [https]

@@ -22,9 +22,9 @@ const IMAGE: &str = "450HD_3.4.8.198.img";
 
 /// `n` 450HD phones from `first_mac`, every other one on generic 2.x firmware, all
 /// provisioned over `proto` through the default option 160 with the `450HD.img` alias.
-async fn fleet_over(proto: Proto, first_mac: &str, n: usize) {
+async fn fleet_over(proto: Proto, first_mac: &str, n: usize, image_size: u64) {
     let lab = Lab::new();
-    let (sha, size) = lab.image(IMAGE, "450HD", NEW, MIB + 333);
+    let (sha, size) = lab.image(IMAGE, "450HD", NEW, image_size);
     let mut i = 0;
     let fleet = fleet(n, "450HD", first_mac).configure(|p| {
         if i % 2 == 1 {
@@ -95,23 +95,25 @@ async fn fleet_over(proto: Proto, first_mac: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_over_http() {
-    fleet_over(Proto::Http, "00:90:8f:e1:01:01", 6).await;
+    fleet_over(Proto::Http, "00:90:8f:e1:01:01", 6, MIB + 333).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_over_https() {
-    fleet_over(Proto::Https, "00:90:8f:e1:02:01", 6).await;
+    fleet_over(Proto::Https, "00:90:8f:e1:02:01", 6, MIB + 333).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_over_tftp() {
-    fleet_over(Proto::Tftp, "00:90:8f:e1:03:01", 6).await;
+    fleet_over(Proto::Tftp, "00:90:8f:e1:03:01", 6, MIB + 333).await;
 }
 
-/// Waits on the FTP server (branch `ftp`).
+/// Waits on the FTP server (branch `ftp`). The FTP header check is always an early
+/// close: the image is larger than loopback's socket buffering, so the server can
+/// tell the check from a download (see `early_close_header_check`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_over_ftp() {
-    fleet_over(Proto::Ftp, "00:90:8f:e1:04:01", 6).await;
+    fleet_over(Proto::Ftp, "00:90:8f:e1:04:01", 3, 12 * MIB).await;
 }
 
 /// A mixed lab like the demo's: one policy per model (option 60/77), each model over
