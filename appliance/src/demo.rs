@@ -58,6 +58,11 @@ pub fn demo_config(dir: &Path) -> Config {
             ..Match::default()
         },
         provisioning_url: Some(url.to_string()),
+        // Recovery (a bricked phone asks only for 66/67, still naming its model in
+        // option 77): a matching policy replaces the [dhcp] defaults, so it must carry
+        // 66/67 itself.
+        tftp_server: Some("{server}".into()),
+        boot_file: Some(format!("{model}.img")),
         ..Policy::default()
     };
     c.dhcp.policies = vec![
@@ -65,7 +70,7 @@ pub fn demo_config(dir: &Path) -> Config {
         policy("445HD", "tftp://{server}:{tftp_port}/445HD.img;<MAC>.cfg"),
         policy("430HD", "ftp://{server}:{ftp_port}/430HD.img;<MAC>.cfg"),
     ];
-    // Recovery (a bricked phone asks only for 66/67): TFTP.
+    // Recovery for phones no policy matches: TFTP.
     c.dhcp.tftp_server = Some("{server}".into());
     c.tracker.default_burn_time = provbox_config::Duration::from_secs(3);
     c

@@ -1439,6 +1439,10 @@ impl Tracker {
                 );
                 match a.kind {
                     FileKind::Firmware if a.file_size > 0 && prefix >= a.file_size => {
+                        // The whole image is delivered: a later read of it (the header
+                        // check after the reboot) starts a new delivery, not another
+                        // whole image.
+                        d.prefix.remove(&a.sha256);
                         d.header_checked = None;
                         d.burns += 1;
                         d.burn = Some(Burn {

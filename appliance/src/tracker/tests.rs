@@ -257,6 +257,68 @@ fn a_full_upgrade_walks_every_main_state() {
     assert_eq!(s.changes.iter().filter(|c| c.key == MAC).count(), 8);
 }
 
+/// After a burn, the header check by Range of the same image (bytes 0-1023) is a header
+/// read, not a second whole image (its prefix once added up to the file size).
+#[test]
+fn range_header_check_after_the_burn_is_not_another_image() {
+    let mut s = Sim::new();
+    let ip = "127.77.0.10";
+    s.dora(MAC, ip, &[1, 3, 6, 66, 67, 160]);
+    s.start(
+        1,
+        Proto::Http,
+        ip,
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, 1024),
+        Some(UC_UA),
+    );
+    s.finish(1, 1024);
+    s.start(
+        2,
+        Proto::Http,
+        ip,
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        Some(UC_UA),
+    );
+    s.progress(2, MB10);
+    s.finish(2, MB10);
+    s.dora(MAC, ip, &[1, 3, 6, 66, 67, 160]);
+    s.start(3, Proto::Http, ip, "/450HD.img", IMG, MB10, (0, 1024), None);
+    s.finish(3, 1024);
+    assert_eq!(s.state(MAC), S::FirmwareCheck);
+    s.start(
+        4,
+        Proto::Http,
+        ip,
+        "/00908f123456.cfg",
+        "00908f123456.cfg",
+        20,
+        (0, 20),
+        None,
+    );
+    s.finish(4, 20);
+    assert_eq!(
+        s.path(MAC),
+        vec![
+            S::Discovered,
+            S::Leased,
+            S::FirmwareCheck,
+            S::FirmwareDownload,
+            S::Burning,
+            S::Rebooted,
+            S::FirmwareCheck,
+            S::ConfigDownload,
+            S::Provisioned
+        ]
+    );
+    assert_eq!(s.t.receipt(MAC).unwrap().burns, 1);
+}
+
 #[test]
 fn progress_has_bytes_rate_and_eta() {
     let mut s = Sim::new();

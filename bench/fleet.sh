@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# fleet.sh [N=500] [SIZE=20MiB]: time to provision N simulated phones (one SIZE image
+# each, plus its config) on loopback, per protocol, against the physical limit
+# bytes ÷ loopback throughput (iperf3: TCP for HTTP/HTTPS/FTP, UDP 1468-byte datagrams
+# for TFTP). The appliance (`provbox serve`) and the phones (`provbox sim`) run as two
+# processes, so each gets its own CPU time and peak RSS (VmHWM).
+#
+# Env:
+#   PROTOCOLS      protocols to run (default "http https tftp ftp"; FTP is skipped with
+#                  a note when the appliance does not serve it)
+#   TFTP_N         phones for TFTP (default N)
+#   TFTP_BLKSIZE   blksize the phones ask for (default 1428, what the phones use)
+#   TFTP_WINDOW    windowsize the phones ask for (default 1: lock-step, like the phones;
+#                  the appliance grants up to [tftp] max_windowsize)
+#   STAGGER        delay between phones powering on (default 0ms)
+#   BENCH_DIR      work directory (default /var/tmp/provbox-fleet); stores are reused
+#   PROVBOX        the binary (default target/release/provbox, built first)
+#   SECS           iperf3 seconds (default 5)
+# Output: one line per protocol, then the raw reports' location.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+N=${1:-500}
+SIZE=${2:-20MiB}
+PROTOCOLS=${PROTOCOLS:-http https tftp ftp}
+TFTP_N=${TFTP_N:-$N}
+TFTP_BLKSIZE=${TFTP_BLKSIZE:-1428}
+TFTP_WINDOW=${TFTP_WINDOW:-1}
+STAGGER=${STAGGER:-0ms}
+SECS=${SECS:-5}
+BENCH_DIR=${BENCH_DIR:-/var/tmp/provbox-fleet}
+PROVBOX=${PROVBOX:-$REPO/target/release/provbox}
+mkdir -p "$BENCH_DIR"
+OUT=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
+
+for tool in iperf3 jq curl ss /usr/bin/time; do
+  command -v "$tool" >/dev/null || { echo "fleet.sh: $tool is missing (scripts/install-test-deps.sh installs it)" >&2; exit 1; }
+done
+if [ -z "${PROVBOX_NO_BUILD:-}" ]; then
+  (cd "$REPO" && cargo build --release -p provbox >&2)
+fi
+
+SERVE_PID=
+IPERF_PID=
+cleanup() {
+  if [ -n "$SERVE_PID" ]; then kill "$SERVE_PID" 2>/dev/null || true; fi
+  if [ -n "$IPERF_PID" ]; then kill "$IPERF_PID" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+# CPU seconds (user+system) of a process, from /proc/PID/stat fields 14 and 15.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$1/stat"; }
+
+# --- physical limits -------------------------------------------------------------
+iperf_gbps() {  # extra client args...
+  local port
+  port=$(free_port)
+  iperf3 -s -1 -B 127.0.0.1 -p "$port" >"$OUT/iperf-srv.txt" 2>&1 &
+  IPERF_PID=$!
+  sleep 0.5
+  iperf3 -c 127.0.0.1 -p "$port" -t "$SECS" -f m "$@" >"$OUT/iperf-cli.txt" 2>&1 || true
+  wait "$IPERF_PID" 2>/dev/null || true
+  IPERF_PID=
+  awk '/receiver/{for(i=1;i<=NF;i++) if($i=="Mbits/sec") v=$(i-1)} END{printf "%.2f", v/1000}' "$OUT/iperf-cli.txt"
+}
+echo "load before: $(load)" >&2
+TCP_GBPS=$(iperf_gbps)
+UDP_GBPS=$(iperf_gbps -u -l 1468 -b 0)
+echo "loopback: TCP $TCP_GBPS Gbit/s, UDP(1468 B) $UDP_GBPS Gbit/s" >&2
+
+# --- the store: one image, N configs ------------------------------------------------
+STORE="$BENCH_DIR/store-$N-$SIZE"
+if [ ! -s "$STORE/.done" ]; then
+  rm -rf "$STORE"; mkdir -p "$STORE"
+  "$PROVBOX" sim make-image --model 450HD --version 3.4.8.198 --size "$SIZE" --out "$STORE/450HD_3.4.8.198.img" >&2
+  # MACs 00:90:8f:20:00:01 onwards, as `provbox sim --mac-start` numbers them.
+  for i in $(seq 0 $((N - 1))); do
+    mac=$(printf '00908F2%05X' $((i + 1)))
+    printf 'system/type=450HD\nvoip/line/0/enabled=1\nvoip/line/0/id=%s\n' "$mac" >"$STORE/$mac.cfg"
+  done
+  touch "$STORE/.done"
+fi
+IMG_BYTES=$(stat -c %s "$STORE/450HD_3.4.8.198.img")
+
+printf '%-6s %5s %10s %9s %9s %7s %9s %9s %9s %9s %s\n' \
+  proto phones bytes wall_s limit_s ratio srv_cpu_s srv_rss_mb sim_cpu_s sim_rss_mb load >"$OUT/table.txt"
+
+run_proto() {
+  local proto=$1 n=$2
+  local P_DHCP P_TFTP P_HTTP P_HTTPS P_FTP P_API url
+  P_DHCP=$(free_port); P_TFTP=$(free_port); P_HTTP=$(free_port); P_HTTPS=$(free_port)
+  P_FTP=$(free_port); P_API=$(free_port)
+  # One passive port per phone downloading at once.
+  local PASV=$((20000 + RANDOM % 20 * 1000))
+  case $proto in
+    http) url="http://{server}:{http_port}/450HD.img;<MAC>.cfg" ;;
+    https) url="https://{server}:{https_port}/450HD.img;<MAC>.cfg" ;;
+    tftp) url="tftp://{server}:{tftp_port}/450HD.img;<MAC>.cfg" ;;
+    ftp) url="ftp://{server}:{ftp_port}/450HD.img;<MAC>.cfg" ;;
+  esac
+  local W="$OUT/$proto"
+  mkdir -p "$W"
+  cat >"$W/provbox.toml" <<CONF
+[store]
+root = "$STORE"
+settle = "100ms"
+[state]
+dir = "$W/state"
+[dhcp]
+bind = "127.0.0.1:$P_DHCP"
+server_ip = "127.0.0.1"
+subnet = "127.77.0.0/16"
+pool = "127.77.0.10-127.77.7.250"
+router = "127.77.0.1"
+provisioning_url = "$url"
+[tftp]
+bind = "127.0.0.1:$P_TFTP"
+[ftp]
+bind = "127.0.0.1:$P_FTP"
+passive_ports = "$PASV-$((PASV + 999))"
+[http]
+bind = "127.0.0.1:$P_HTTP"
+[https]
+bind = "127.0.0.1:$P_HTTPS"
+[api]
+bind = "127.0.0.1:$P_API"
+[tracker]
+default_burn_time = "1s"
+CONF
+  "$PROVBOX" --log-level warn serve -c "$W/provbox.toml" >"$W/serve.log" 2>&1 &
+  SERVE_PID=$!
+  local ok=
+  for _ in $(seq 200); do
+    if curl -sf -o /dev/null "http://127.0.0.1:$P_API/healthz"; then ok=1; break; fi
+    kill -0 "$SERVE_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$ok" ]; then
+    echo "fleet.sh: provbox serve did not come up:" >&2; cat "$W/serve.log" >&2; exit 1
+  fi
+  if [ "$proto" = ftp ] && ! ss -ltnH "sport = :$P_FTP" | grep -q .; then
+    echo "ftp: not measured: the appliance does not serve FTP yet (branch ftp)" | tee -a "$OUT/table.txt" >&2
+    kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=
+    return
+  fi
+  local cpu0 ld
+  cpu0=$(cpu_s "$SERVE_PID")
+  ld=$(load | tr ' ' '/')
+  echo "$proto: $n phones..." >&2
+  /usr/bin/time -f '%e %U %S %M' -o "$W/sim.time" \
+    "$PROVBOX" --log-level error sim --dhcp "127.0.0.1:$P_DHCP" --giaddr 127.77.0.1 \
+      --phones "$n" --model 450HD --mac-start 00:90:8f:20:00:01 \
+      --burn 0s --reboot 0s --stagger "$STAGGER" --retry-backoff 1s,2s,4s \
+      --dhcp-attempts 8 --read-timeout 120s --time-limit 60m \
+      --tftp-port "$P_TFTP" --tftp-blksize "$TFTP_BLKSIZE" --tftp-windowsize "$TFTP_WINDOW" \
+      --ca "$W/state/tls/cert.pem" --json --quiet >"$W/report.json" 2>"$W/sim.log" || true
+  local cpu1 hwm
+  cpu1=$(cpu_s "$SERVE_PID")
+  hwm=$(awk '/VmHWM/{print $2}' "/proc/$SERVE_PID/status")
+  kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=
+  local prov total bytes wall
+  prov=$(jq .provisioned "$W/report.json"); total=$(jq .total "$W/report.json")
+  bytes=$(jq .bytes "$W/report.json"); wall=$(jq '.elapsed_ms/1000' "$W/report.json")
+  if [ "$prov" != "$total" ]; then
+    echo "$proto: only $prov of $total phones provisioned; outcomes: $(jq -c .outcomes "$W/report.json")" >&2
+  fi
+  local gbps=$TCP_GBPS
+  [ "$proto" = tftp ] && gbps=$UDP_GBPS
+  read -r _e sim_u sim_s sim_kb <"$W/sim.time"
+  awk -v p="$proto" -v n="$prov/$total" -v b="$bytes" -v w="$wall" -v g="$gbps" \
+      -v c="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{print b-a}')" -v r="$hwm" \
+      -v su="$sim_u" -v ss="$sim_s" -v sk="$sim_kb" -v ld="$ld" 'BEGIN{
+        lim = b * 8 / (g * 1e9);
+        printf "%-6s %5s %10.0f %9.1f %9.1f %7.2f %9.1f %9.0f %9.1f %9.0f %s\n",
+          p, n, b, w, lim, w / lim, c, r / 1024, su + ss, sk / 1024, ld }' >>"$OUT/table.txt"
+}
+
+for proto in $PROTOCOLS; do
+  n=$N
+  [ "$proto" = tftp ] && n=$TFTP_N
+  run_proto "$proto" "$n"
+done
+echo "load after: $(load)" >&2
+echo "image $IMG_BYTES bytes; loopback TCP $TCP_GBPS Gbit/s, UDP(1468 B) $UDP_GBPS Gbit/s; limit = bytes x 8 / throughput; ratio = wall / limit"
+cat "$OUT/table.txt"
+echo "(srv = provbox serve, sim = provbox sim; cpu in seconds, rss = peak VmHWM / max RSS in MiB; raw reports in $OUT)"
