@@ -114,7 +114,7 @@ impl Arp {
 /// would cost an allocation per ACK to save bytes in the rare `Write`).
 #[allow(clippy::large_enum_variant)]
 enum Job {
-    /// Commit the lease, then send the ACK and publish its event.
+    /// Commit the lease, then publish the ACK's event and send it.
     Ack {
         lease: Lease,
         packet: Vec<u8>,
@@ -519,9 +519,12 @@ fn commit_loop(
             } = job
             {
                 let to = arp.resolve(&sock, dest, lease.mac, peer);
+                // The lease is durable: publish before sending, because a phone acts on
+                // the ACK at once and its first transfer must not reach the tracker
+                // before the ACK that explains it.
+                bus.publish(EventKind::DhcpAck(event));
                 if send_blocking(&sock, &packet, to) {
                     packet_count(MessageType::Ack);
-                    bus.publish(EventKind::DhcpAck(event));
                 }
             }
         }
