@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # fleet.sh [N=500] [SIZE=20MiB]: time to provision N simulated phones (one SIZE image
 # each, plus its config) on loopback, per protocol, against the physical limit
-# bytes ÷ loopback throughput (iperf3: TCP for HTTP/HTTPS/FTP, UDP 1468-byte datagrams
-# for TFTP). The appliance (`provbox serve`) and the phones (`provbox sim`) run as two
+# bytes ÷ loopback throughput (iperf3 TCP, the better of 1 and 4 streams). For TFTP the
+# single-stream UDP figure (1468-byte datagrams) is shown too; iperf3's UDP sender is
+# CPU-bound, so many TFTP transfers together can beat it. The appliance (`provbox serve`) and the phones (`provbox sim`) run as two
 # processes, so each gets its own CPU time and peak RSS (VmHWM).
 #
 # Env:
@@ -65,9 +66,11 @@ iperf_gbps() {  # extra client args...
   awk '/receiver/{for(i=1;i<=NF;i++) if($i=="Mbits/sec") v=$(i-1)} END{printf "%.2f", v/1000}' "$OUT/iperf-cli.txt"
 }
 echo "load before: $(load)" >&2
-TCP_GBPS=$(iperf_gbps)
+TCP1_GBPS=$(iperf_gbps)
+TCP4_GBPS=$(iperf_gbps -P 4)
+TCP_GBPS=$(awk -v a="$TCP1_GBPS" -v b="$TCP4_GBPS" 'BEGIN{print (a > b ? a : b)}')
 UDP_GBPS=$(iperf_gbps -u -l 1468 -b 0)
-echo "loopback: TCP $TCP_GBPS Gbit/s, UDP(1468 B) $UDP_GBPS Gbit/s" >&2
+echo "loopback: TCP $TCP1_GBPS Gbit/s (1 stream), $TCP4_GBPS Gbit/s (4 streams); UDP(1468 B) $UDP_GBPS Gbit/s" >&2
 
 # --- the store: one image, N configs ------------------------------------------------
 STORE="$BENCH_DIR/store-$N-$SIZE"
@@ -83,8 +86,8 @@ if [ ! -s "$STORE/.done" ]; then
 fi
 IMG_BYTES=$(stat -c %s "$STORE/450HD_3.4.8.198.img")
 
-printf '%-6s %5s %10s %9s %9s %7s %9s %9s %9s %9s %s\n' \
-  proto phones bytes wall_s limit_s ratio srv_cpu_s srv_rss_mb sim_cpu_s sim_rss_mb load >"$OUT/table.txt"
+printf '%-6s %7s %11s %8s %8s %6s %9s %9s %10s %9s %10s %s\n' \
+  proto phones bytes wall_s limit_s ratio udp_lim_s srv_cpu_s srv_rss_mb sim_cpu_s sim_rss_mb load >"$OUT/table.txt"
 
 run_proto() {
   local proto=$1 n=$2
@@ -165,15 +168,14 @@ CONF
   if [ "$prov" != "$total" ]; then
     echo "$proto: only $prov of $total phones provisioned; outcomes: $(jq -c .outcomes "$W/report.json")" >&2
   fi
-  local gbps=$TCP_GBPS
-  [ "$proto" = tftp ] && gbps=$UDP_GBPS
   read -r _e sim_u sim_s sim_kb <"$W/sim.time"
-  awk -v p="$proto" -v n="$prov/$total" -v b="$bytes" -v w="$wall" -v g="$gbps" \
+  awk -v p="$proto" -v n="$prov/$total" -v b="$bytes" -v w="$wall" -v g="$TCP_GBPS" -v ug="$UDP_GBPS" \
       -v c="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{print b-a}')" -v r="$hwm" \
       -v su="$sim_u" -v ss="$sim_s" -v sk="$sim_kb" -v ld="$ld" 'BEGIN{
         lim = b * 8 / (g * 1e9);
-        printf "%-6s %5s %10.0f %9.1f %9.1f %7.2f %9.1f %9.0f %9.1f %9.0f %s\n",
-          p, n, b, w, lim, w / lim, c, r / 1024, su + ss, sk / 1024, ld }' >>"$OUT/table.txt"
+        ulim = (p == "tftp") ? sprintf("%.1f", b * 8 / (ug * 1e9)) : "-";
+        printf "%-6s %7s %11.0f %8.1f %8.1f %6.2f %9s %9.1f %10.0f %9.1f %10.0f %s\n",
+          p, n, b, w, lim, w / lim, ulim, c, r / 1024, su + ss, sk / 1024, ld }' >>"$OUT/table.txt"
 }
 
 for proto in $PROTOCOLS; do
@@ -182,6 +184,7 @@ for proto in $PROTOCOLS; do
   run_proto "$proto" "$n"
 done
 echo "load after: $(load)" >&2
-echo "image $IMG_BYTES bytes; loopback TCP $TCP_GBPS Gbit/s, UDP(1468 B) $UDP_GBPS Gbit/s; limit = bytes x 8 / throughput; ratio = wall / limit"
+echo "image $IMG_BYTES bytes; loopback TCP $TCP1_GBPS Gbit/s (1 stream), $TCP4_GBPS (4 streams), UDP(1468 B) $UDP_GBPS Gbit/s"
+echo "limit = bytes x 8 / best TCP throughput; ratio = wall / limit; udp_lim = bytes x 8 / UDP throughput"
 cat "$OUT/table.txt"
 echo "(srv = provbox serve, sim = provbox sim; cpu in seconds, rss = peak VmHWM / max RSS in MiB; raw reports in $OUT)"
