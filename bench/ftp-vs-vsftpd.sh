@@ -52,9 +52,9 @@ log "provbox ftpd $(cat "$BENCH_RUN/provbox-ftpd.out"), pid $(cat "$BENCH_RUN/pr
 
 for r in $(seq 1 "$ROUNDS"); do
   log "round $r/$ROUNDS: vsftpd"
-  REPEAT_LABEL=vsftpd "$SHARED/repeat.sh" 1 "$SHARED/ftp.sh" 127.0.0.1 "$VS_PORT" >"$W/vs.$r" || log "vsftpd round $r reported failures"
+  REPEAT_LABEL=vsftpd "$SHARED/repeat.sh" 1 "$SHARED/ftp.sh" 127.0.0.1 "$VS_PORT" >"$W/round-vs.$r" || log "vsftpd round $r reported failures"
   log "round $r/$ROUNDS: provbox"
-  REPEAT_LABEL=provbox "$SHARED/repeat.sh" 1 "$SHARED/ftp.sh" 127.0.0.1 "$PB_PORT" >"$W/pb.$r" || log "provbox round $r reported failures"
+  REPEAT_LABEL=provbox "$SHARED/repeat.sh" 1 "$SHARED/ftp.sh" 127.0.0.1 "$PB_PORT" >"$W/round-pb.$r" || log "provbox round $r reported failures"
 done
 
 # Median per figure and server, then the table.
@@ -63,13 +63,13 @@ med() { # FILES... -> "figure median unit"
     for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t }
     m = (n%2) ? a[(n+1)/2] : (a[n/2]+a[n/2+1])/2; print f, m, u[f], n } }' "$@" | sort
 }
-med "$W"/vs.* >"$W/vs.med"
-med "$W"/pb.* >"$W/pb.med"
+med "$W"/round-vs.* >"$W/vs.med"
+med "$W"/round-pb.* >"$W/pb.med"
 {
   printf '# ftp.sh, %s rounds, vsftpd :%s vs provbox :%s, %s\n' "$ROUNDS" "$VS_PORT" "$PB_PORT" "$(date -Is)"
   printf '%-24s %12s %12s %8s %s\n' figure vsftpd provbox ratio unit
   join "$W/vs.med" "$W/pb.med" | awk '{ r = ($2+0 > 0) ? sprintf("%.2f", $5/$2) : "-"; printf "%-24s %12s %12s %8s %s\n", $1, $2, $5, r, $3 }'
   echo "# raw runs"
-  for f in "$W"/vs.* "$W"/pb.*; do sed "s|^|$(basename "$f") |" "$f"; done
+  for f in "$W"/round-vs.* "$W"/round-pb.*; do sed "s|^|$(basename "$f") |" "$f"; done
 } | tee "$RESULTS"
 log "results in $RESULTS"

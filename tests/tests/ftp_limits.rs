@@ -215,3 +215,57 @@ async fn the_upload_area_is_confined_and_capped() {
     assert_eq!(anon.cmd("MKD /upload/x").await.0, 550);
     ftp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_replies_use_the_configured_range_and_address() {
+    let ftp = Ftp::start(&[("a.cfg", b"a")], |c| {
+        c.passive_address = Some("127.0.0.2".parse().unwrap())
+    })
+    .await;
+    let mut c = Control::login(ftp.addr, "anonymous", "x").await;
+    let (code, t) = c.cmd("PASV").await;
+    assert_eq!(code, 227, "{t}");
+    let nums: Vec<u16> = t
+        .split(['(', ')'])
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    assert_eq!(&nums[..4], &[127, 0, 0, 2], "{t}");
+    let port = nums[4] * 256 + nums[5];
+    assert!(PASSIVE.contains(port), "{port} outside {PASSIVE}");
+    let data = c.epsv(ftp.addr.ip()).await;
+    assert!(PASSIVE.contains(data.port()));
+    ftp.stop().await;
+}
+
+#[tokio::test]
+async fn an_ipv6_passive_address_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = provbox_storage::Store::start(provbox_storage::StoreOptions {
+        root: dir.path().join("s"),
+        state_dir: dir.path().join("st"),
+        poll: false,
+        poll_interval: std::time::Duration::from_secs(2),
+        settle: std::time::Duration::from_millis(100),
+        rescan_interval: std::time::Duration::from_secs(300),
+    })
+    .await
+    .unwrap();
+    let cfg = provbox_config::FtpConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ftps: false,
+        passive_address: Some("::1".parse().unwrap()),
+        ..Default::default()
+    };
+    let err = provbox_protocols::ftp::FtpServer::bind(
+        &cfg,
+        store,
+        provbox_protocols::EventBus::default(),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("ftp.passive_address"), "{err}");
+}
