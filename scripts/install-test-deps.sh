@@ -28,13 +28,15 @@ have ps          || need+=(procps)
 have kea-dhcp4   || need+=(kea-dhcp4-server)
 if [ ${#need[@]} -eq 0 ]; then
   echo "test dependencies: all present"
-  exit 0
+else
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing: ${need[*]}; run this script as root (sudo $0)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+  echo "test dependencies installed: ${need[*]}"
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "missing: ${need[*]}; run this script as root (sudo $0)" >&2
-  exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
-echo "test dependencies installed: ${need[*]}"
+# The packaging tests' tools (DHCP servers' config checkers, systemd-analyze, hadolint...).
+bash "$(dirname "$0")/../packaging/install-test-deps.sh"
