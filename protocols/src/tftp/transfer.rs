@@ -355,7 +355,10 @@ pub(crate) async fn send(
 
         // Wait for the next packet, a timeout, a kick, or shutdown. A datagram that
         // is already queued is taken without a trip through the reactor.
-        if timer.deadline() != deadline {
+        // The timer is re-armed lazily: most ACKs push the deadline later, and moving
+        // a timer in the wheel on every packet costs more than waking once per RTO to
+        // find the deadline has moved.
+        if deadline < timer.deadline() || timer.is_elapsed() {
             timer.as_mut().reset(deadline);
         }
         // A stream of queued datagrams (a peer flooding duplicates) must not starve
@@ -374,7 +377,12 @@ pub(crate) async fn send(
                 biased;
                 () = &mut cancelled => return SendEnd::Cancelled,
                 r = link.recv(&mut rbuf) => Some(r),
-                () = &mut timer => None,
+                () = &mut timer => {
+                    if Instant::now() < deadline {
+                        continue; // the deadline moved on: re-arm
+                    }
+                    None
+                }
                 () = kick.notified(), if una == first => {
                     // The client repeated its request before hearing from us: resend.
                     nxt = una;
@@ -600,7 +608,8 @@ pub(crate) async fn receive(
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
     loop {
-        if timer.deadline() != deadline {
+        // Re-armed lazily, as in `send`.
+        if deadline < timer.deadline() || timer.is_elapsed() {
             timer.as_mut().reset(deadline);
         }
         let n = if let Some(f) = pending.take() {
@@ -617,6 +626,9 @@ pub(crate) async fn receive(
                     Err(_) => continue,
                 },
                 () = &mut timer => {
+                    if Instant::now() < deadline {
+                        continue;
+                    }
                     tries += 1;
                     if tries > p.retries {
                         let _ = link.send(&error_packet(ErrorCode::NotDefined, "timed out waiting for DATA")).await;
