@@ -148,6 +148,9 @@ async fn auth_tls_with_the_client_hello_in_the_same_write() {
             assert!(read_line(&mut tls).starts_with("331"), "round {round}");
             tls.write_all(b"PASS phone@\r\n").unwrap();
             assert!(read_line(&mut tls).starts_with("230"), "round {round}");
+            // A second AUTH TLS inside TLS is refused, and the session goes on.
+            tls.write_all(b"AUTH TLS\r\n").unwrap();
+            assert!(read_line(&mut tls).starts_with("503"), "round {round}");
             tls.write_all(b"SIZE /big.img\r\n").unwrap();
             assert_eq!(
                 read_line(&mut tls).trim(),

@@ -44,7 +44,10 @@ where
 {
     #[tracing_attributes::instrument]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
+        // provbox patch: a second AUTH TLS would start a TLS handshake inside TLS.
+        let already_tls = args.session.lock().await.cmd_tls;
         match (args.tls_configured, self.protocol.clone()) {
+            (true, AuthParam::Tls) if already_tls => Ok(Reply::new(ReplyCode::BadCommandSequence, "TLS is already active")),
             // provbox patch: the control loop upgrades the connection itself right after
             // sending this reply, before it reads another byte. Signalling the upgrade
             // from a spawned task raced with a fast client: its ClientHello could be read
