@@ -57,6 +57,24 @@ for r in $(seq 1 "$ROUNDS"); do
   REPEAT_LABEL=provbox "$SHARED/repeat.sh" 1 "$SHARED/ftp.sh" 127.0.0.1 "$PB_PORT" >"$W/round-pb.$r" || log "provbox round $r reported failures"
 done
 
+# The 1 KiB fetch as a distribution, not a mean: curl 7.88 waits for its 200 ms
+# happy-eyeballs timer before opening the data connection when the EPSV reply arrives
+# while it is still sending (a fast server triggers it; fixed in curl 8.4,
+# curl/curl#11939), so the mean hides two populations.
+dist() { # PORT -> "p50 p90 slow_count"
+  for _ in $(seq 1 40); do curl -sS --max-time 10 -o /dev/null -w '%{time_total}\n' "ftp://127.0.0.1:$1/$F_CFG"; done |
+    sort -n | awk '{a[NR]=$1*1000; if ($1 > 0.15) slow++} END {printf "%.2f %.2f %d", a[int(NR*.5)], a[int(NR*.9)], slow}'
+}
+read -r v50 v90 vslow <<<"$(dist "$VS_PORT")"
+read -r p50 p90 pslow <<<"$(dist "$PB_PORT")"
+# The same stall lands on single 64 MiB RETRs (+200 ms on a ~100 ms transfer). A
+# second single-transfer figure with curl's timer at 1 ms (client-side, the same for
+# both servers) shows the servers without it: 10 alternations, median MB/s.
+fast64() { curl -sS --max-time 60 --happy-eyeballs-timeout-ms 1 -o /dev/null -w '%{speed_download}\n' "ftp://127.0.0.1:$1/$F_IMG64"; }
+for _ in $(seq 1 10); do fast64 "$VS_PORT" >>"$W/he-vs"; fast64 "$PB_PORT" >>"$W/he-pb"; done
+m64() { sort -n "$1" | awk '{a[NR]=$1/1e6} END {printf "%.2f", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+hv=$(m64 "$W/he-vs"); hp=$(m64 "$W/he-pb")
+
 # Median per figure and server, then the table.
 med() { # FILES... -> "figure median unit"
   awk '{v[$1]=v[$1] " " $2; u[$1]=$3} END { for (f in v) { n=split(v[f], a, " "); 
@@ -69,6 +87,10 @@ med "$W"/round-pb.* >"$W/pb.med"
   printf '# ftp.sh, %s rounds, vsftpd :%s vs provbox :%s, %s\n' "$ROUNDS" "$VS_PORT" "$PB_PORT" "$(date -Is)"
   printf '%-24s %12s %12s %8s %s\n' figure vsftpd provbox ratio unit
   join "$W/vs.med" "$W/pb.med" | awk '{ r = ($2+0 > 0) ? sprintf("%.2f", $5/$2) : "-"; printf "%-24s %12s %12s %8s %s\n", $1, $2, $5, r, $3 }'
+  printf '%-24s %12s %12s %8s %s\n' curl_64m_he1ms "$hv" "$hp" "$(awk -v a="$hv" -v b="$hp" 'BEGIN{printf "%.2f", b/a}')" MB/s
+  printf '%-24s %12s %12s %8s %s\n' cfg1k_curl_p50 "$v50" "$p50" - ms
+  printf '%-24s %12s %12s %8s %s\n' cfg1k_curl_p90 "$v90" "$p90" - ms
+  printf '%-24s %12s %12s %8s %s\n' cfg1k_curl_over_150ms "$vslow" "$pslow" - "of 40"
   echo "# raw runs"
   for f in "$W"/round-vs.* "$W"/round-pb.*; do sed "s|^|$(basename "$f") |" "$f"; done
 } | tee "$RESULTS"
