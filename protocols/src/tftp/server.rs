@@ -35,6 +35,7 @@ use super::packet::{self, ErrorCode, MIN_BLKSIZE, Mode, Options, Packet, Request
 use super::rtt::RttEstimator;
 use super::transfer::{self, BlockReader, Link, SendEnd, SendObserver, SendParams, Source};
 use super::upload;
+use super::workers::{self, Workers};
 use crate::events::{EventBus, EventKind, Proto, TftpOptions};
 use crate::progress::{Transfer, TransferStart};
 
@@ -115,6 +116,11 @@ impl TftpServer {
                     source,
                 })?,
             );
+        let workers =
+            Workers::start(workers::default_count()).map_err(|source| TftpError::Socket {
+                addr: local,
+                source,
+            })?;
         let sh = Arc::new(Shared {
             cfg: self.cfg,
             store: self.store,
@@ -125,6 +131,7 @@ impl TftpServer {
             generation: AtomicU64::new(0),
             cancel: shutdown.clone(),
             tasks: TaskTracker::new(),
+            workers,
         });
         tracing::info!(addr = %local, single_port = sh.cfg.single_port, "TFTP server listening");
         let mut buf = vec![0u8; 65536];
@@ -169,6 +176,8 @@ pub(super) struct Shared {
     generation: AtomicU64,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// The runtimes transfers run on.
+    workers: Workers,
 }
 
 #[derive(Debug)]
@@ -291,7 +300,7 @@ impl Shared {
             rx,
         };
         let sh = self.clone();
-        self.tasks.spawn(async move {
+        self.workers.spawn(&self.tasks, async move {
             let peer = job.peer;
             let generation = job.generation;
             if write {
