@@ -3,8 +3,9 @@
 //!
 //! The listener only decodes requests and spawns; a transfer opens its file, binds
 //! its own socket (from `port_range` if set) and runs the engine in
-//! [`super::transfer`], so a slow open or a slow client never holds up anyone else,
-//! and transfers spread over every runtime worker.
+//! [`super::transfer`], so a slow open or a slow client never holds up anyone else.
+//! Transfers run on the per-core runtimes of [`super::workers`], so they spread over
+//! every core.
 //!
 //! In single-port mode every transfer answers from the listening socket: the listener
 //! routes each datagram to the transfer of its source address through a channel.
