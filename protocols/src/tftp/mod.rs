@@ -2,11 +2,12 @@
 //! small client, and the packet codec they share.
 //!
 //! - [`packet`]: the wire format (public: the phone simulator builds on it);
-//! - [`server`]: listening, request handling, one tokio task per transfer;
+//! - `server`: [`TftpServer`]: listening, request handling, one task per transfer;
 //! - `transfer`: the engine: windowed sending with an RTT-adaptive retransmission
 //!   timer, and receiving (uploads, the client);
 //! - `rtt`: the RFC 6298 timer; [`netascii`]: line-end translation;
 //! - `upload`: WRQ into the optional upload directory;
+//! - `workers`: the per-core single-threaded runtimes transfers run on;
 //! - [`client`]: `fetch`, for the simulator and the tests.
 //!
 //! Why not async-tftp (the design card's crate): its packet types are private, and
@@ -22,6 +23,7 @@ mod rtt;
 mod server;
 mod transfer;
 mod upload;
+mod workers;
 
 pub use client::{ClientError, ClientOptions, FetchResult, fetch};
 pub use server::{TftpError, TftpServer};

@@ -3,8 +3,9 @@
 //!
 //! The listener only decodes requests and spawns; a transfer opens its file, binds
 //! its own socket (from `port_range` if set) and runs the engine in
-//! [`super::transfer`], so a slow open or a slow client never holds up anyone else,
-//! and transfers spread over every runtime worker.
+//! [`super::transfer`], so a slow open or a slow client never holds up anyone else.
+//! Transfers run on the per-core runtimes of [`super::workers`], so they spread over
+//! every core.
 //!
 //! In single-port mode every transfer answers from the listening socket: the listener
 //! routes each datagram to the transfer of its source address through a channel.
@@ -35,6 +36,7 @@ use super::packet::{self, ErrorCode, MIN_BLKSIZE, Mode, Options, Packet, Request
 use super::rtt::RttEstimator;
 use super::transfer::{self, BlockReader, Link, SendEnd, SendObserver, SendParams, Source};
 use super::upload;
+use super::workers::{self, Workers};
 use crate::events::{EventBus, EventKind, Proto, TftpOptions};
 use crate::progress::{Transfer, TransferStart};
 
@@ -115,6 +117,11 @@ impl TftpServer {
                     source,
                 })?,
             );
+        let workers =
+            Workers::start(workers::default_count()).map_err(|source| TftpError::Socket {
+                addr: local,
+                source,
+            })?;
         let sh = Arc::new(Shared {
             cfg: self.cfg,
             store: self.store,
@@ -125,6 +132,7 @@ impl TftpServer {
             generation: AtomicU64::new(0),
             cancel: shutdown.clone(),
             tasks: TaskTracker::new(),
+            workers,
         });
         tracing::info!(addr = %local, single_port = sh.cfg.single_port, "TFTP server listening");
         let mut buf = vec![0u8; 65536];
@@ -169,6 +177,8 @@ pub(super) struct Shared {
     generation: AtomicU64,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// The runtimes transfers run on.
+    workers: Workers,
 }
 
 #[derive(Debug)]
@@ -291,7 +301,7 @@ impl Shared {
             rx,
         };
         let sh = self.clone();
-        self.tasks.spawn(async move {
+        self.workers.spawn(&self.tasks, async move {
             let peer = job.peer;
             let generation = job.generation;
             if write {
