@@ -489,37 +489,24 @@ impl Phone {
             },
         );
         self.r.dhcp_exchanges += 1;
-        let mode = match &self.shared.dhcp {
-            DhcpTarget::Static { first_ip, url } => {
-                let ip = Ipv4Addr::from(u32::from(*first_ip).wrapping_add(self.index as u32));
-                return Ok(Lease {
-                    ip,
-                    server_id: None,
-                    subnet_mask: None,
-                    router: None,
-                    lease_secs: None,
-                    renew_secs: None,
-                    opt66: None,
-                    opt67: None,
-                    opt160: Some(url.clone()),
-                    opt43: None,
-                    acked_at: Some(Instant::now()),
-                });
-            }
-            DhcpTarget::Relay { server, giaddr } => DhcpMode::Relay {
-                server: *server,
-                giaddr: *giaddr,
-            },
-            DhcpTarget::Broadcast {
-                interface,
-                server_port,
-                client_port,
-                ..
-            } => DhcpMode::Broadcast {
-                interface: interface.clone(),
-                server_port: *server_port,
-                client_port: *client_port,
-            },
+        if let DhcpTarget::Static { first_ip, url } = &self.shared.dhcp {
+            let ip = Ipv4Addr::from(u32::from(*first_ip).wrapping_add(self.index as u32));
+            return Ok(Lease {
+                ip,
+                server_id: None,
+                subnet_mask: None,
+                router: None,
+                lease_secs: None,
+                renew_secs: None,
+                opt66: None,
+                opt67: None,
+                opt160: Some(url.clone()),
+                opt43: None,
+                acked_at: Some(Instant::now()),
+            });
+        }
+        let Some(mode) = dhcp_mode(&self.shared.dhcp) else {
+            return Err("static addressing has no DHCP server".into());
         };
         let client = self.dhcp_client(mode);
         let lease = client.acquire().await.map_err(|e| e.to_string())?;
@@ -586,22 +573,8 @@ impl Phone {
         let Some(lease) = self.lease.clone() else {
             return;
         };
-        let mode = match &self.shared.dhcp {
-            DhcpTarget::Static { .. } => return,
-            DhcpTarget::Relay { server, giaddr } => DhcpMode::Relay {
-                server: *server,
-                giaddr: *giaddr,
-            },
-            DhcpTarget::Broadcast {
-                interface,
-                server_port,
-                client_port,
-                ..
-            } => DhcpMode::Broadcast {
-                interface: interface.clone(),
-                server_port: *server_port,
-                client_port: *client_port,
-            },
+        let Some(mode) = dhcp_mode(&self.shared.dhcp) else {
+            return;
         };
         if lease.renew_due().is_none_or(|due| Instant::now() < due) {
             return;
@@ -1010,5 +983,26 @@ impl Phone {
             return PassEnd::Reboot;
         }
         PassEnd::Final(Phase::Provisioned)
+    }
+}
+
+/// The DHCP client mode for a target; `None` for static addressing (no DHCP).
+fn dhcp_mode(target: &DhcpTarget) -> Option<DhcpMode> {
+    match target {
+        DhcpTarget::Static { .. } => None,
+        DhcpTarget::Relay { server, giaddr } => Some(DhcpMode::Relay {
+            server: *server,
+            giaddr: *giaddr,
+        }),
+        DhcpTarget::Broadcast {
+            interface,
+            server_port,
+            client_port,
+            ..
+        } => Some(DhcpMode::Broadcast {
+            interface: interface.clone(),
+            server_port: *server_port,
+            client_port: *client_port,
+        }),
     }
 }
