@@ -437,7 +437,7 @@ fn sse(item: &FeedItem) -> Event {
     Event::default()
         .id(item.id.to_string())
         .event(item.event)
-        .data(&*item.data)
+        .data(item.data())
 }
 
 fn reset_event(last: u64) -> Event {

@@ -13,8 +13,13 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},libunftp=warn,unftp_core=warn")));
+    // rustls warns on every handshake that sends an IP address as SNI (wrk, curl to
+    // an IP); failed handshakes are logged by the servers themselves.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{level},libunftp=warn,unftp_core=warn,rustls=error"
+        ))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

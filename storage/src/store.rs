@@ -12,10 +12,25 @@
 //! the index entry switched to it. A copy that raced a writer is thrown away and
 //! retried once the file is quiet again.
 //!
-//! Opening a file opens its blob: the open descriptor pins that version. A rename or
-//! an in-place overwrite (`cp new.img 450HD.img`) of the source only ever produces a
-//! new blob; an in-flight download keeps reading the old one, which stays readable
-//! through its descriptor even after the blob is deleted once unreferenced.
+//! Opening a file pins its blob: a [`Snapshot`] holds the blob's bytes (a read-only
+//! memory map, or a heap copy for small files), shared by every reader of that
+//! version. A rename or an in-place overwrite (`cp new.img 450HD.img`) of the source
+//! only ever produces a new blob; an in-flight download keeps reading the old one,
+//! whose mapping stays valid after the blob is deleted once unreferenced.
+//!
+//! # Why memory maps
+//!
+//! Serving a 1 KiB config at tens of thousands of requests a second cannot afford a
+//! blocking-pool hop to `open(2)` per request, and a fleet downloading one image
+//! cannot afford a fresh buffer, a zero-fill and a `pread` copy per chunk. So the
+//! store keeps each current blob open once, as `Bytes`, and protocols slice it:
+//! plain HTTP hands the slices straight to `writev`, TLS encrypts from them, TFTP and
+//! FTP copy from them without a system call. Mapping is safe because blobs are the
+//! store's own files: written completely, made read-only, renamed into place and never
+//! written again (only unlinked); a reflink copy is a separate inode, so the
+//! operator's later writes to the source cannot reach it. The mapping is created with
+//! `MAP_POPULATE` on the blocking pool so its first reader does not fault pages in on
+//! a runtime thread.
 //!
 //! One task owns the index. Readers take an `Arc` of the current index without
 //! waiting. A manifest of (path, stat, sha256) lets a restart reuse blobs instead of
@@ -26,9 +41,10 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use notify::EventKind as NK;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -152,6 +168,14 @@ impl Index {
     pub fn len(&self) -> usize {
         self.files.len()
     }
+
+    /// The content hashes of every current version.
+    fn shas(&self) -> std::collections::HashSet<&str> {
+        self.files
+            .values()
+            .map(|i| i.entry.sha256.as_str())
+            .collect()
+    }
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }
@@ -261,42 +285,81 @@ pub enum StoreEvent {
     Removed(String),
 }
 
-/// An open, pinned version of a file.
+/// An open, pinned version of a file: its entry and its bytes. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub entry: Arc<Entry>,
-    file: Arc<std::fs::File>,
+    data: Bytes,
 }
 
 impl Snapshot {
-    /// Reads at an offset without moving any cursor (several readers may share it).
+    /// The whole version. Slicing it is free; the bytes stay valid as long as any
+    /// slice lives, whatever happens to the store.
+    pub fn bytes(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// `len` bytes from `offset`, clipped to the end of the file.
+    pub fn slice(&self, offset: u64, len: usize) -> Bytes {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.data.len());
+        let end = start.saturating_add(len).min(self.data.len());
+        self.data.slice(start..end)
+    }
+
+    /// Copies from `offset` into `buf`; returns the bytes copied (fewer at the end).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        self.file.read_at(buf, offset)
+        let src = self.slice(offset, buf.len());
+        buf[..src.len()].copy_from_slice(&src);
+        Ok(src.len())
     }
 
     /// Fills `buf` from `offset` as far as the file allows; returns the bytes read.
     pub fn read_full_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
+        self.read_at(buf, offset)
     }
 
-    /// A tokio file positioned at the start, reading this version.
-    pub fn tokio_file(&self) -> std::io::Result<tokio::fs::File> {
-        Ok(tokio::fs::File::from_std(self.file.try_clone()?))
+    /// A reader positioned at `offset` (implements `std::io::Read` and tokio's `AsyncRead`).
+    pub fn reader(&self, offset: u64) -> std::io::Cursor<Bytes> {
+        let mut c = std::io::Cursor::new(self.data.clone());
+        c.set_position(offset.min(self.data.len() as u64));
+        c
     }
+}
 
-    pub fn std_file(&self) -> std::io::Result<std::fs::File> {
-        self.file.try_clone()
+/// Locks a mutex, ignoring poisoning (the cache holds no invariant a panic can break).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Files up to this size are read onto the heap rather than mapped: a mapping costs a
+/// page and a kernel VMA however small the file.
+const HEAP_BLOB_MAX: u64 = 64 * 1024;
+/// Open blobs kept at most; past this, blobs no current entry uses are dropped first.
+/// Mappings hold no descriptor, so this bounds kernel VMAs, not open files.
+const BLOB_CACHE_MAX: usize = 4096;
+
+/// Loads a blob as `Bytes`: read for small files, a populated read-only map otherwise.
+fn load_blob(path: &Path, size: u64) -> std::io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len != size {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("blob is {len} bytes, its index entry says {size}"),
+        ));
     }
+    if len <= HEAP_BLOB_MAX {
+        let mut v = Vec::with_capacity(len as usize);
+        (&file).take(len).read_to_end(&mut v)?;
+        return Ok(Bytes::from(v));
+    }
+    // SAFETY: blobs are the store's own read-only files, written once and never
+    // modified afterwards (see the module docs), so the mapped bytes cannot change.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+    Ok(Bytes::from_owner(map))
 }
 
 /// Handle to the store; cheap to clone.
@@ -310,6 +373,8 @@ struct Shared {
     root: PathBuf,
     blobs: PathBuf,
     index: RwLock<Arc<Index>>,
+    /// Open blobs by sha256; pruned to the current index on every publish.
+    open: Mutex<HashMap<String, Bytes>>,
     changes: broadcast::Sender<StoreEvent>,
     control: mpsc::UnboundedSender<Msg>,
 }
@@ -339,6 +404,7 @@ impl Store {
             root: root.clone(),
             blobs: blobs.clone(),
             index: RwLock::new(Arc::new(Index::default())),
+            open: Mutex::new(HashMap::new()),
             changes,
             control: control.clone(),
         });
@@ -411,13 +477,15 @@ impl Store {
         // if the file changed at that instant: look up again once.
         for _ in 0..3 {
             let entry = self.lookup(requested)?;
+            if let Some(data) = lock(&self.shared.open).get(&entry.sha256).cloned() {
+                return Ok(Snapshot { entry, data });
+            }
             let blob = self.shared.blobs.join(&entry.sha256);
-            match tokio::task::spawn_blocking(move || std::fs::File::open(blob)).await {
-                Ok(Ok(file)) => {
-                    return Ok(Snapshot {
-                        entry,
-                        file: Arc::new(file),
-                    });
+            let size = entry.size;
+            match tokio::task::spawn_blocking(move || load_blob(&blob, size)).await {
+                Ok(Ok(data)) => {
+                    self.remember(&entry.sha256, data.clone());
+                    return Ok(Snapshot { entry, data });
                 }
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Ok(Err(source)) => {
@@ -435,6 +503,26 @@ impl Store {
             }
         }
         Err(StoreError::NotFound(requested.to_string()))
+    }
+
+    /// Keeps an opened blob for the next reader, within [`BLOB_CACHE_MAX`].
+    fn remember(&self, sha: &str, data: Bytes) {
+        let index = self.index();
+        let used = index.shas();
+        if !used.contains(sha) {
+            // Replaced while it was being opened: the next publish would not prune it.
+            return;
+        }
+        let mut open = lock(&self.shared.open);
+        if open.len() >= BLOB_CACHE_MAX {
+            open.retain(|k, _| used.contains(k.as_str()));
+            if open.len() >= BLOB_CACHE_MAX {
+                // Every cached blob is current: forget them all rather than track
+                // recency; each is reopened by its next reader.
+                open.clear();
+            }
+        }
+        open.insert(sha.to_string(), data);
     }
 
     /// Forces a full rescan and waits until it is committed (tests, `provbox check`).
@@ -710,6 +798,10 @@ impl Indexer {
 
     fn publish(&mut self) {
         let idx = Arc::new(Index::build(self.files.clone()));
+        // Blobs of replaced or removed versions are dropped here; readers that still
+        // hold a snapshot keep their own reference.
+        let used = idx.shas();
+        lock(&self.shared.open).retain(|k, _| used.contains(k.as_str()));
         match self.shared.index.write() {
             Ok(mut g) => *g = idx,
             Err(p) => *p.into_inner() = idx,

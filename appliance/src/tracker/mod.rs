@@ -19,18 +19,24 @@
 //! # The feed
 //!
 //! Every processed record yields feed items, numbered by one counter that the
-//! snapshot carries and the replay regenerates: `wire` (the event), `state` (each
-//! transition) and `device` (each changed row). A client that reconnects with
-//! `Last-Event-ID` gets what it missed from a ring of recent items, even across a
-//! restart; one that is too far behind gets a `reset` and reloads.
+//! snapshot carries: `wire` (the event), `state` (each transition) and `device` (each
+//! changed row). `device` items are coalesced: the runner publishes one per changed
+//! row after each batch of records it drained from the bus, so a phone hammered with
+//! requests costs one view per batch, not one per event. Batching depends on timing,
+//! so a replay cannot regenerate the live numbering: a clean shutdown therefore ends
+//! the journal with a snapshot, and a restart continues the numbering exactly. After a
+//! `kill -9` the numbering restarts from the last snapshot plus the replay; a client
+//! whose `Last-Event-ID` is then ahead reloads. A client that reconnects with
+//! `Last-Event-ID` gets what it missed from a ring of recent items; one that is too far
+//! behind gets a `reset` and reloads.
 
 pub mod attribution;
 pub mod state;
 pub mod ua;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use provbox_config::TrackerConfig;
@@ -51,7 +57,7 @@ pub use state::{
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "rec", content = "data", rename_all = "snake_case")]
 pub enum Record {
-    Event(WireEvent),
+    Event(Arc<WireEvent>),
     Change(StateChange),
     /// A delivered config's `system/type`, read by the runner.
     Verdict {
@@ -92,13 +98,33 @@ pub enum WaitError {
 }
 
 /// One item of the live feed (an SSE message).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct FeedItem {
     pub id: u64,
     /// `wire`, `state` or `device` (or `removed` when an address row merged into a phone).
     pub event: &'static str,
-    /// JSON.
-    pub data: Arc<str>,
+    body: FeedBody,
+}
+
+/// A feed item's payload. Wire events are kept as they are and encoded the first
+/// time a subscriber reads one: with nobody watching, a busy server never spends CPU
+/// on JSON nobody reads.
+#[derive(Debug)]
+enum FeedBody {
+    Json(String),
+    Wire(Arc<WireEvent>, OnceLock<String>),
+}
+
+impl FeedItem {
+    /// The item as JSON.
+    pub fn data(&self) -> &str {
+        match &self.body {
+            FeedBody::Json(s) => s,
+            FeedBody::Wire(ev, json) => {
+                json.get_or_init(|| serde_json::to_string(&**ev).unwrap_or_default())
+            }
+        }
+    }
 }
 
 const FEED_RING: usize = 20_000;
@@ -108,15 +134,22 @@ struct Feed {
     seq: u64,
     ring: VecDeque<Arc<FeedItem>>,
     tx: broadcast::Sender<Arc<FeedItem>>,
+    /// Devices changed since their last `device` item; their views are published once
+    /// per batch of records (see [`TrackerHandle::publish_views`]), not once per event.
+    dirty: BTreeSet<String>,
 }
 
 impl Feed {
     fn push(&mut self, event: &'static str, data: String) {
+        self.push_body(event, FeedBody::Json(data));
+    }
+
+    fn push_body(&mut self, event: &'static str, body: FeedBody) {
         self.seq += 1;
         let item = Arc::new(FeedItem {
             id: self.seq,
             event,
-            data: data.into(),
+            body,
         });
         if self.ring.len() >= FEED_RING {
             self.ring.pop_front();
@@ -168,6 +201,7 @@ impl TrackerHandle {
                 feed: Mutex::new(Feed {
                     seq: 0,
                     ring: VecDeque::new(),
+                    dirty: BTreeSet::new(),
                     tx,
                 }),
                 changes,
@@ -285,7 +319,25 @@ impl TrackerHandle {
         self.inner.stopped.is_cancelled()
     }
 
-    /// Applies one record and emits the feed. Used by the runner and by the replay.
+    /// Publishes a `device` (or `removed`) feed item for every device changed since
+    /// the last call. The runner calls it after each batch of records.
+    fn publish_views(&self) {
+        let t = lock(&self.inner.tracker);
+        let mut feed = lock(&self.inner.feed);
+        if feed.dirty.is_empty() {
+            return;
+        }
+        let now = t.now_ms();
+        for k in std::mem::take(&mut feed.dirty) {
+            match t.view(&k, now) {
+                Some(v) => feed.push("device", serde_json::to_string(&v).unwrap_or_default()),
+                None => feed.push("removed", serde_json::json!({ "key": k }).to_string()),
+            }
+        }
+    }
+
+    /// Applies one record and emits the feed (device views are marked for the next
+    /// [`Self::publish_views`]). Used by the runner and by the replay.
     fn process(&self, rec: &Record, index: &provbox_storage::Index) -> Vec<StateChange> {
         let mut t = lock(&self.inner.tracker);
         let changes = match rec {
@@ -302,24 +354,19 @@ impl TrackerHandle {
                 let mut feed = lock(&self.inner.feed);
                 feed.seq = *feed_seq;
                 feed.ring.clear();
+                feed.dirty.clear();
                 return Vec::new();
             }
         };
         let touched = t.take_touched();
-        let now = t.now_ms();
         let mut feed = lock(&self.inner.feed);
         if let Record::Event(ev) = rec {
-            feed.push("wire", serde_json::to_string(ev).unwrap_or_default());
+            feed.push_body("wire", FeedBody::Wire(ev.clone(), OnceLock::new()));
         }
         for c in &changes {
             feed.push("state", serde_json::to_string(c).unwrap_or_default());
         }
-        for k in touched {
-            match t.view(&k, now) {
-                Some(v) => feed.push("device", serde_json::to_string(&v).unwrap_or_default()),
-                None => feed.push("removed", serde_json::json!({ "key": k }).to_string()),
-            }
-        }
+        feed.dirty.extend(touched);
         drop(feed);
         drop(t);
         for c in &changes {
@@ -362,6 +409,7 @@ pub fn spawn(
         handle.process(rec, &index);
         replayed += 1;
     }
+    handle.publish_views();
     let (last_seq, last_id) = {
         let t = lock(&handle.inner.tracker);
         (t.fleet().last_seq, t.fleet().last_transfer_id)
@@ -388,6 +436,7 @@ pub fn spawn(
         store,
         journal,
         skip_until: last_seq,
+        system_types: HashMap::new(),
     };
     tokio::spawn(runner.run(rx, shutdown));
     Ok(handle)
@@ -398,6 +447,9 @@ struct Runner {
     store: Store,
     journal: Journal,
     skip_until: u64,
+    /// `system/type` by config content hash: a version's verdict never changes, and a
+    /// config fetched thousands of times is read once.
+    system_types: HashMap<String, Option<String>>,
 }
 
 impl Runner {
@@ -412,18 +464,26 @@ impl Runner {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = rx.recv() => match r {
-                    Ok(ev) => {
-                        if ev.seq <= self.skip_until && !matches!(ev.kind, EventKind::StoreChanged { .. }) {
-                            continue;
+                r = rx.recv() => {
+                    if !self.on_bus(r, &vtx) {
+                        break;
+                    }
+                    // Take whatever else is already waiting, then write the journal
+                    // once for the whole batch.
+                    let mut closed = false;
+                    for _ in 0..1024 {
+                        match rx.try_recv() {
+                            Ok(ev) => { self.on_bus(Ok(ev), &vtx); }
+                            Err(broadcast::error::TryRecvError::Empty) => break,
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                self.on_bus(Err(broadcast::error::RecvError::Lagged(n)), &vtx);
+                            }
+                            Err(broadcast::error::TryRecvError::Closed) => { closed = true; break; }
                         }
-                        self.record(Record::Event((*ev).clone()), &vtx);
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        metrics::counter!("provbox_tracker_events_lost_total").increment(n);
-                        warn_limited!(lost = n, "the device tracker fell behind the event bus; some events were not tracked");
+                    if closed {
+                        break;
                     }
-                    Err(broadcast::error::RecvError::Closed) => break,
                 },
                 Some(v) = vrx.recv() => self.record(v, &vtx),
                 _ = tick.tick() => {
@@ -435,7 +495,16 @@ impl Runner {
                     }
                 }
             }
+            self.handle.publish_views();
+            if let Err(e) = self.journal.flush() {
+                metrics::counter!("provbox_journal_errors_total").increment(1);
+                warn_limited!(error = %e, "cannot write to the journal; tracking continues in memory");
+            }
         }
+        // End with a snapshot: the restart starts from it, with this feed numbering.
+        self.handle.publish_views();
+        let snapshot = self.snapshot();
+        self.append(&snapshot);
         if let Err(e) = self.journal.sync() {
             tracing::warn!(error = %e, "cannot sync the journal at shutdown");
         }
@@ -443,21 +512,60 @@ impl Runner {
         self.handle.inner.version.send_modify(|v| *v += 1);
     }
 
+    /// The whole fleet and the feed numbering, as one record.
+    fn snapshot(&self) -> Record {
+        let t = lock(&self.handle.inner.tracker);
+        Record::Snapshot {
+            feed_seq: self.handle.feed_seq(),
+            fleet: Box::new(t.fleet().clone()),
+        }
+    }
+
+    /// Handles one receive from the bus; false when the bus is closed.
+    fn on_bus(
+        &mut self,
+        r: Result<Arc<WireEvent>, broadcast::error::RecvError>,
+        vtx: &mpsc::UnboundedSender<Record>,
+    ) -> bool {
+        match r {
+            Ok(ev) => {
+                if ev.seq <= self.skip_until && !matches!(ev.kind, EventKind::StoreChanged { .. }) {
+                    return true;
+                }
+                self.record(Record::Event(ev), vtx);
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                metrics::counter!("provbox_tracker_events_lost_total").increment(n);
+                warn_limited!(
+                    lost = n,
+                    "the device tracker fell behind the event bus; some events were not tracked"
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+        true
+    }
+
     fn record(&mut self, rec: Record, verdicts: &mpsc::UnboundedSender<Record>) {
         if self.journal.should_rotate() {
-            let snapshot = {
-                let t = lock(&self.handle.inner.tracker);
-                Record::Snapshot {
-                    feed_seq: self.handle.feed_seq(),
-                    fleet: Box::new(t.fleet().clone()),
-                }
-            };
+            self.handle.publish_views();
+            let snapshot = self.snapshot();
             if let Err(e) = self.journal.rotate_with(&snapshot) {
                 metrics::counter!("provbox_journal_errors_total").increment(1);
                 warn_limited!(error = %e, "cannot rotate the journal");
             }
         }
         self.append(&rec);
+        if let Record::Verdict {
+            check, system_type, ..
+        } = &rec
+        {
+            if self.system_types.len() >= 4096 {
+                self.system_types.clear();
+            }
+            self.system_types
+                .insert(check.sha256.clone(), system_type.clone());
+        }
         let index = self.store.index();
         let changes = self.handle.process(&rec, &index);
         for c in changes {
@@ -467,6 +575,14 @@ impl Runner {
         }
         let checks = lock(&self.handle.inner.tracker).take_config_checks();
         for check in checks {
+            if let Some(system_type) = self.system_types.get(&check.sha256) {
+                let _ = verdicts.send(Record::Verdict {
+                    check,
+                    system_type: system_type.clone(),
+                    at_ms: now_ms(),
+                });
+                continue;
+            }
             let store = self.store.clone();
             let tx = verdicts.clone();
             tokio::spawn(async move {
@@ -494,15 +610,8 @@ async fn read_system_type(store: &Store, check: &ConfigCheck) -> Option<String> 
     if snap.entry.sha256 != check.sha256 {
         return None;
     }
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = snap.read_full_at(&mut buf, 0).ok()?;
-        buf.truncate(n);
-        state::system_type(&String::from_utf8_lossy(&buf))
-    })
-    .await
-    .ok()
-    .flatten()
+    // The snapshot is in memory; the first 64 KiB hold the `[system]` section.
+    state::system_type(&String::from_utf8_lossy(&snap.slice(0, 64 * 1024)))
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 use super::attribution::{ip_key, mac_in_path, peer_ip};
 use super::ua::{self, normalize_mac};
 
+/// Transfers tracked at once per device; a phone downloads one or two files at a time.
+const MAX_ACTIVE: usize = 64;
+
 /// Where a phone is on its journey.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -250,6 +253,9 @@ pub struct Device {
     history: Vec<(PhoneState, u64)>,
     timeline: VecDeque<TimelineEntry>,
     files: VecDeque<FileRecord>,
+    /// The id of the newest transfer this device started (ids only grow).
+    #[serde(default)]
+    newest_transfer: u64,
 }
 
 const TIMELINE_MAX: usize = 400;
@@ -525,6 +531,7 @@ impl Device {
             history: vec![(PhoneState::Discovered, at)],
             timeline: VecDeque::new(),
             files: VecDeque::new(),
+            newest_transfer: 0,
         }
     }
 
@@ -1314,6 +1321,19 @@ impl Tracker {
         );
         d.unstall(Trigger::Transfer, seq, at, out);
         let past_check = a.past_check;
+        d.newest_transfer = d.newest_transfer.max(s.id);
+        if d.active.len() >= MAX_ACTIVE
+            && let Some(oldest) = d
+                .active
+                .values()
+                .min_by_key(|x| (x.last_progress_ms, x.id))
+                .map(|x| x.id)
+        {
+            // Only a lost end event (the tracker fell behind the bus) or one address
+            // shared by many clients gets here; forgetting the quietest keeps every
+            // event O(1) instead of O(orphans).
+            d.active.remove(&oldest);
+        }
         d.active.insert(s.id, a);
         match kind {
             FileKind::Firmware => {
@@ -1495,16 +1515,24 @@ impl Tracker {
                 d.record_file(&a, a.bytes, duration_ms, "aborted", Some(reason.clone()));
                 let header =
                     a.kind == FileKind::Firmware && delivered <= check_bytes && !a.past_check;
-                let what = if header { "header read" } else { "aborted" };
+                // The phone started another request before this one was seen to end:
+                // it had already given this read up. Over HTTP and FTP the server learns
+                // of an early close only when its socket buffers (MiBs on a LAN) fill
+                // up, often after the phone's next request, so this is how a header
+                // check that the kernel read ahead for looks, not a failed download.
+                let superseded = !header && d.newest_transfer > a.id;
+                let (kind, what) = if header {
+                    ("header_read", "header read")
+                } else if superseded {
+                    ("transfer_abandoned", "abandoned by the phone")
+                } else {
+                    ("transfer_aborted", "aborted")
+                };
                 d.note(
                     seq,
                     at,
                     &proto,
-                    if header {
-                        "header_read"
-                    } else {
-                        "transfer_aborted"
-                    },
+                    kind,
                     format!(
                         "{} {what} after {} of {}: {reason}",
                         a.file,
@@ -1512,34 +1540,40 @@ impl Tracker {
                         human_bytes(a.file_size)
                     ),
                 );
-                match a.kind {
-                    FileKind::Firmware if header => {
+                if superseded {
+                    if a.kind == FileKind::Firmware {
                         d.header_checked = Some((a.file.clone(), a.version.clone()));
-                        if d.state == PhoneState::FirmwareDownload
-                            && !d.active.values().any(|x| x.kind == FileKind::Firmware)
-                        {
-                            d.set_state(PhoneState::FirmwareCheck, None, seq, at, out);
+                    }
+                } else {
+                    match a.kind {
+                        FileKind::Firmware if header => {
+                            d.header_checked = Some((a.file.clone(), a.version.clone()));
+                            if d.state == PhoneState::FirmwareDownload
+                                && !d.active.values().any(|x| x.kind == FileKind::Firmware)
+                            {
+                                d.set_state(PhoneState::FirmwareCheck, None, seq, at, out);
+                            }
                         }
+                        FileKind::Firmware if d.state != PhoneState::Recovery => {
+                            let r = format!(
+                                "firmware download of {} aborted at {:.0} % ({} of {}): {reason}",
+                                a.file,
+                                pct(delivered, a.file_size),
+                                human_bytes(delivered),
+                                human_bytes(a.file_size)
+                            );
+                            d.set_state(PhoneState::Failed, Some(r), seq, at, out);
+                        }
+                        FileKind::Config if d.state != PhoneState::Recovery => {
+                            let r = format!(
+                                "config {} aborted after {}: {reason}",
+                                a.file,
+                                human_bytes(a.bytes)
+                            );
+                            d.set_state(PhoneState::Failed, Some(r), seq, at, out);
+                        }
+                        _ => {}
                     }
-                    FileKind::Firmware if d.state != PhoneState::Recovery => {
-                        let r = format!(
-                            "firmware download of {} aborted at {:.0} % ({} of {}): {reason}",
-                            a.file,
-                            pct(delivered, a.file_size),
-                            human_bytes(delivered),
-                            human_bytes(a.file_size)
-                        );
-                        d.set_state(PhoneState::Failed, Some(r), seq, at, out);
-                    }
-                    FileKind::Config if d.state != PhoneState::Recovery => {
-                        let r = format!(
-                            "config {} aborted after {}: {reason}",
-                            a.file,
-                            human_bytes(a.bytes)
-                        );
-                        d.set_state(PhoneState::Failed, Some(r), seq, at, out);
-                    }
-                    _ => {}
                 }
             }
         }

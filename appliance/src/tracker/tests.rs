@@ -59,7 +59,7 @@ impl Sim {
             at_ms: self.now,
             kind,
         };
-        self.log.push(Record::Event(ev.clone()));
+        self.log.push(Record::Event(Arc::new(ev.clone())));
         let c = self.t.apply(&ev, &self.index);
         self.changes.extend(c.clone());
         c
@@ -799,6 +799,38 @@ fn attribution_by_path_user_agent_lease_and_static_address() {
     assert_eq!(st.state, S::FirmwareCheck);
 }
 
+/// An early-close header check over HTTP: the server pushed MiBs into socket buffers
+/// and learns of the close only after the phone has asked for its config.
+#[test]
+fn an_image_read_abandoned_for_a_later_request_is_not_a_failure() {
+    let mut s = Sim::new();
+    let ip = "127.77.0.10";
+    s.dora(MAC, ip, &[160]);
+    s.start(1, Proto::Http, ip, "/450HD.img", IMG, MB10, (0, MB10), None);
+    s.progress(1, MB10 / 4);
+    let cfg = "00908f123456.cfg";
+    s.start(2, Proto::Http, ip, &format!("/{cfg}"), cfg, 20, (0, 20), None);
+    s.finish(2, 20);
+    assert_eq!(s.state(MAC), S::Provisioned);
+    s.abort(1, MB10 / 4, "the client went away");
+    assert_eq!(s.state(MAC), S::Provisioned, "{:?}", s.view(MAC).reason);
+    let v = s.view(MAC);
+    assert!(
+        v.last_event
+            .as_deref()
+            .is_some_and(|e| e.contains("abandoned by the phone")),
+        "{:?}",
+        v.last_event
+    );
+
+    // The same abort with no later request is still a failed download.
+    let other = "00:90:8f:00:00:02";
+    s.dora(other, "127.77.0.12", &[160]);
+    s.start(3, Proto::Http, "127.77.0.12", "/450HD.img", IMG, MB10, (0, MB10), None);
+    s.abort(3, MB10 / 4, "the client went away");
+    assert_eq!(s.state(other), S::Failed);
+}
+
 #[test]
 fn a_resumed_download_completes_the_image() {
     let mut s = Sim::new();
@@ -988,7 +1020,6 @@ async fn the_runner_journals_and_a_restart_rebuilds() {
         .unwrap();
     assert_eq!(v.mac.as_deref(), Some("00:90:8f:00:00:05"));
     let before = h.devices();
-    let feed_before = h.feed_seq();
     let last_seq = bus.last_seq();
     stop.cancel();
     for _ in 0..100 {
@@ -998,6 +1029,8 @@ async fn the_runner_journals_and_a_restart_rebuilds() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(h.is_stopped());
+    // The numbering where the stopped process ended (its last device views included).
+    let feed_before = h.feed_seq();
     assert!(journal::files(&jdir).len() >= 2, "rotated");
 
     // A new process: a fresh bus, numbering continues after the journal.
@@ -1037,7 +1070,7 @@ async fn the_runner_journals_and_a_restart_rebuilds() {
     assert!(
         sub.backlog
             .iter()
-            .any(|i| i.event == "state" && i.data.contains("rebooted"))
+            .any(|i| i.event == "state" && i.data().contains("rebooted"))
     );
     stop2.cancel();
 }

@@ -5,7 +5,7 @@
 //! would climb above the root) and then goes through the store's resolver
 //! (`provbox_storage::resolve`, and `Store::lookup`/`open` for files), which refuses
 //! NUL, backslashes, encoded traversal and hidden names. Downloads are served from
-//! immutable snapshots in 1 MiB `pread` chunks (see [`ChunkReader`]), and each is
+//! immutable snapshots (in-memory slices of the mapped blob, written 1 MiB at a time), and each is
 //! reported as a [`Transfer`]: started (client address, path, offset, size), progress,
 //! then finished with the served file's hash, or aborted when the client closes the
 //! data connection early (a header probe) or the server shuts down.
@@ -13,10 +13,10 @@
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use unftp_core::storage::{
     Error, ErrorKind, FEATURE_RESTART, Fileinfo, Metadata, Result, StorageBackend,
@@ -243,19 +243,26 @@ impl StoreBackend {
     {
         let size = snap.entry.size;
         let total = size - offset;
-        let mut reader = ChunkReader::new(snap.clone(), offset);
         let mut sent = 0u64;
-        while reader.off < size {
-            let chunk = match reader.next().await {
-                Ok(c) => c,
-                Err(e) => {
-                    let why = format!("reading the snapshot failed after {sent} bytes: {e}");
-                    return Err((Error::new(ErrorKind::LocalError, e), why));
-                }
-            };
+        let mut off = offset;
+        while off < size {
+            // The snapshot is in memory (mapped): a chunk is a slice, not a read.
+            let chunk = snap.slice(off, CHUNK);
+            if chunk.is_empty() {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "snapshot {} is shorter than its index entry",
+                        snap.entry.sha256
+                    ),
+                );
+                let why = format!("reading the snapshot failed after {sent} bytes: {e}");
+                return Err((Error::new(ErrorKind::LocalError, e), why));
+            }
             let n = chunk.len() as u64;
+            off += n;
             tokio::select! {
-                r = output.write_all(chunk) => {
+                r = output.write_all(&chunk) => {
                     if let Err(e) = r {
                         let why = format!("the client closed the data connection after {sent} of {total} bytes");
                         return Err((Error::new(ErrorKind::ConnectionClosed, e), why));
@@ -274,70 +281,6 @@ impl StoreBackend {
             return Err((Error::new(ErrorKind::ConnectionClosed, e), why));
         }
         Ok(sent)
-    }
-}
-
-/// A read that took less than this was served from the page cache.
-const CACHED_READ: Duration = Duration::from_micros(500);
-
-/// Reads a snapshot sequentially in `CHUNK`s with `pread`.
-///
-/// Reads start on the blocking pool, so a cold read (disk, SD card) never stalls a
-/// runtime worker that DHCP and TFTP share. Once a read comes back as fast as a
-/// page-cache copy, the next ones are done inline: two thread handoffs per chunk cost
-/// about a quarter of the server's CPU per byte here, and firmware images are read
-/// over and over, so they are nearly always cached. A slow inline read (evicted pages)
-/// sends the rest of the transfer back to the pool.
-struct ChunkReader {
-    snap: Snapshot,
-    off: u64,
-    buf: Vec<u8>,
-    inline: bool,
-}
-
-impl ChunkReader {
-    fn new(snap: Snapshot, off: u64) -> ChunkReader {
-        ChunkReader {
-            snap,
-            off,
-            buf: Vec::new(),
-            inline: false,
-        }
-    }
-
-    fn read(snap: &Snapshot, buf: &mut Vec<u8>, off: u64) -> std::io::Result<usize> {
-        let len = usize::try_from(snap.entry.size - off).map_or(CHUNK, |r| r.min(CHUNK));
-        buf.resize(len, 0);
-        let n = snap.read_full_at(&mut buf[..len], off)?;
-        if n < len {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!(
-                    "snapshot {} is shorter than its index entry",
-                    snap.entry.sha256
-                ),
-            ));
-        }
-        Ok(n)
-    }
-
-    async fn next(&mut self) -> std::io::Result<&[u8]> {
-        let started = Instant::now();
-        let n = if self.inline {
-            Self::read(&self.snap, &mut self.buf, self.off)?
-        } else {
-            let (snap, mut buf, off) = (self.snap.clone(), std::mem::take(&mut self.buf), self.off);
-            let (buf, n) = tokio::task::spawn_blocking(move || {
-                Self::read(&snap, &mut buf, off).map(|n| (buf, n))
-            })
-            .await
-            .map_err(std::io::Error::other)??;
-            self.buf = buf;
-            n
-        };
-        self.inline = started.elapsed() < CACHED_READ;
-        self.off += n as u64;
-        Ok(&self.buf[..n])
     }
 }
 
@@ -490,10 +433,7 @@ impl StorageBackend<FtpUser> for StoreBackend {
         let snap = self.open_store(user, &requested, &rel).await?;
         let size = snap.entry.size;
         let offset = start_pos.min(size);
-        let mut file = snap.tokio_file().map_err(Error::from)?;
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(Error::from)?;
+        let file = snap.reader(offset);
         let transfer = Transfer::start(
             &self.bus,
             TransferStart {

@@ -485,7 +485,7 @@ impl Shared {
                 );
             }
         };
-        let mut reader = BlockReader::new(source, len, params.blksize, params.windowsize);
+        let mut reader = BlockReader::new(source, len, params.blksize);
         let mut acct = Accounting {
             bus: &self.bus,
             peer,

@@ -112,16 +112,12 @@ pub(crate) enum Source {
     Memory(Arc<Vec<u8>>),
 }
 
-/// Reads blocks for the sender, a chunk of consecutive blocks at a time.
+/// Hands the sender its blocks, as slices of the source.
 #[derive(Debug)]
 pub(crate) struct BlockReader {
     source: Source,
     len: u64,
     blksize: u64,
-    chunk: Vec<u8>,
-    /// Absolute number of the first block in `chunk` (0: empty).
-    chunk_first: u64,
-    chunk_blocks: u64,
 }
 
 /// The OACK is retransmitted on this timer (or the negotiated timeout if longer),
@@ -130,20 +126,12 @@ pub(crate) struct BlockReader {
 /// `kick`) or its ACK 0 on its own timer well before this.
 const OACK_RETRY: Duration = Duration::from_secs(6);
 
-/// Bytes read from disk at a time (rounded to whole blocks, at least one window).
-const CHUNK_BYTES: u64 = 64 * 1024;
-
 impl BlockReader {
-    pub(crate) fn new(source: Source, len: u64, blksize: u16, windowsize: u16) -> Self {
-        let blksize = u64::from(blksize);
-        let chunk_blocks = (CHUNK_BYTES / blksize).max(u64::from(windowsize)).max(1);
+    pub(crate) fn new(source: Source, len: u64, blksize: u16) -> Self {
         Self {
             source,
             len,
-            blksize,
-            chunk: Vec::new(),
-            chunk_first: 0,
-            chunk_blocks,
+            blksize: u64::from(blksize),
         }
     }
 
@@ -157,51 +145,24 @@ impl BlockReader {
         (start, (start + self.blksize).min(self.len))
     }
 
-    /// The payload of block `abs` (1-based). `una`, the oldest unacknowledged block,
-    /// is where a refill starts, so a go-back-N resend hits the chunk.
-    pub(crate) async fn block(&mut self, abs: u64, una: u64) -> io::Result<&[u8]> {
+    /// The payload of block `abs` (1-based).
+    pub(crate) fn block(&self, abs: u64) -> io::Result<&[u8]> {
         let (start, end) = self.range(abs);
         match &self.source {
             Source::Memory(m) => {
                 let (s, e) = (start as usize, end as usize);
                 Ok(&m[s..e])
             }
-            Source::File(snap) => {
-                let hit = self.chunk_first != 0
-                    && abs >= self.chunk_first
-                    && abs < self.chunk_first + self.chunk_blocks;
-                if !hit {
-                    let first = if una >= 1 && abs >= una && abs < una + self.chunk_blocks {
-                        una
-                    } else {
-                        abs
-                    };
-                    let (off, _) = self.range(first);
-                    let want = (self.chunk_blocks * self.blksize).min(self.len - off) as usize;
-                    let mut buf = std::mem::take(&mut self.chunk);
-                    buf.resize(want, 0);
-                    let snap = snap.clone();
-                    let (buf, res) = tokio::task::spawn_blocking(move || {
-                        let r = snap.read_full_at(&mut buf, off);
-                        (buf, r)
-                    })
-                    .await
-                    .map_err(io::Error::other)?;
-                    self.chunk = buf;
-                    let n = res?;
-                    if n < want {
-                        self.chunk_first = 0;
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the file is shorter than its index entry",
-                        ));
-                    }
-                    self.chunk_first = first;
-                }
-                let (cstart, _) = self.range(self.chunk_first);
-                let (s, e) = ((start - cstart) as usize, (end - cstart) as usize);
-                Ok(&self.chunk[s..e])
-            }
+            // The snapshot is in memory (a mapped blob): a block is a slice of it.
+            Source::File(snap) => snap
+                .bytes()
+                .get(start as usize..end as usize)
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file is shorter than its index entry",
+                    )
+                }),
         }
     }
 }
@@ -321,7 +282,7 @@ pub(crate) async fn send(
             } else {
                 pkt.clear();
                 pkt.extend_from_slice(&data_header(nxt as u16));
-                match reader.block(nxt, una).await {
+                match reader.block(nxt) {
                     Ok(data) => pkt.extend_from_slice(data),
                     Err(e) => {
                         let _ = link
