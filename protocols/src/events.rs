@@ -21,14 +21,22 @@ pub enum Proto {
     Https,
 }
 
-impl std::fmt::Display for Proto {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Proto {
+    /// The lower-case name (also a metrics label, which a `&'static str` keeps
+    /// allocation-free).
+    pub fn as_str(self) -> &'static str {
+        match self {
             Proto::Tftp => "tftp",
             Proto::Ftp => "ftp",
             Proto::Http => "http",
             Proto::Https => "https",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

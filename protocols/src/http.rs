@@ -205,7 +205,7 @@ async fn serve_file<B>(st: &FileState, peer: SocketAddr, req: http::Request<B>) 
         .map(str::to_string);
     let raw_path = req.uri().path();
     let refuse = |status: StatusCode, path: &str, reason: String| {
-        metrics::counter!("provbox_requests_refused_total", "proto" => st.proto.to_string())
+        metrics::counter!("provbox_requests_refused_total", "proto" => st.proto.as_str())
             .increment(1);
         st.bus.publish(EventKind::TransferRefused {
             proto: st.proto,

@@ -66,7 +66,7 @@ impl Transfer {
             user_agent: s.user_agent,
             tftp: s.tftp,
         });
-        metrics::counter!("provbox_transfers_started_total", "proto" => s.proto.to_string())
+        metrics::counter!("provbox_transfers_started_total", "proto" => s.proto.as_str())
             .increment(1);
         let now = Instant::now();
         Transfer {
@@ -97,7 +97,7 @@ impl Transfer {
         let delta = total.saturating_sub(self.bytes);
         self.bytes = self.bytes.max(total);
         if delta > 0 {
-            metrics::counter!("provbox_bytes_served_total", "proto" => self.proto.to_string())
+            metrics::counter!("provbox_bytes_served_total", "proto" => self.proto.as_str())
                 .increment(delta);
         }
         let step = (self.size * PROGRESS_PERCENT / 100).max(1);
@@ -127,7 +127,7 @@ impl Transfer {
     pub fn finish(mut self) {
         self.emit_progress();
         self.ended = true;
-        metrics::counter!("provbox_transfers_total", "proto" => self.proto.to_string(), "result" => "finished").increment(1);
+        metrics::counter!("provbox_transfers_total", "proto" => self.proto.as_str(), "result" => "finished").increment(1);
         self.bus.publish(EventKind::TransferFinished {
             id: self.id,
             bytes: self.bytes,
@@ -149,7 +149,7 @@ impl Transfer {
         }
         self.emit_progress();
         self.ended = true;
-        metrics::counter!("provbox_transfers_total", "proto" => self.proto.to_string(), "result" => "aborted").increment(1);
+        metrics::counter!("provbox_transfers_total", "proto" => self.proto.as_str(), "result" => "aborted").increment(1);
         self.bus.publish(EventKind::TransferAborted {
             id: self.id,
             bytes: self.bytes,

@@ -69,6 +69,9 @@ pub enum FetchError {
     Lost(String, u64, String),
     #[error("{0}: the server did not resume at the offset asked for")]
     NoResume(String),
+    /// The server is busy for now (FTP 421, HTTP 503): a phone tries again later.
+    #[error("{0}: server busy: {1}")]
+    Busy(String, String),
 }
 
 impl FetchError {
@@ -80,6 +83,7 @@ impl FetchError {
                 | FetchError::Timeout(..)
                 | FetchError::Lost(..)
                 | FetchError::NoResume(..)
+                | FetchError::Busy(..)
         )
     }
 }
@@ -177,7 +181,11 @@ pub struct Pace {
     rate: Option<u64>,
     start: Instant,
     bytes: u64,
+    yielded: u64,
 }
+
+/// An unpaced download gives the other phones a turn this often (bytes).
+const YIELD_EVERY: u64 = 1 << 20;
 
 impl Pace {
     pub fn new(rate: Option<u64>) -> Self {
@@ -185,11 +193,23 @@ impl Pace {
             rate: rate.filter(|r| *r > 0),
             start: Instant::now(),
             bytes: 0,
+            yielded: 0,
         }
     }
     pub async fn after(&mut self, n: usize) {
-        let Some(rate) = self.rate else { return };
         self.bytes += n as u64;
+        let Some(rate) = self.rate else {
+            // Hundreds of phones share a few threads here. A download whose data is
+            // always ready would otherwise run a whole tokio coop budget of reads
+            // (tens of MiB) per turn, and a phone waiting for its DHCP OFFER would
+            // wait behind hundreds of such turns: half a second per exchange, where a
+            // real phone, being its own device, takes milliseconds.
+            if self.bytes - self.yielded >= YIELD_EVERY {
+                self.yielded = self.bytes;
+                tokio::task::yield_now().await;
+            }
+            return;
+        };
         let due = self.start + Duration::from_secs_f64(self.bytes as f64 / rate as f64);
         if due > Instant::now() {
             tokio::time::sleep_until(due).await;

@@ -24,6 +24,10 @@ fn map_err(url: &str, e: FtpError) -> FetchError {
         FtpError::UnexpectedResponse(r) => match r.status {
             Status::FileUnavailable | Status::BadFilename => FetchError::NotFound(url.to_string()),
             Status::NotLoggedIn | Status::LoggedIn => FetchError::Denied(url.to_string()),
+            Status::NotAvailable => FetchError::Busy(
+                url.to_string(),
+                format!("FTP 421: {}", String::from_utf8_lossy(&r.body).trim()),
+            ),
             s => FetchError::Protocol(
                 url.to_string(),
                 format!(

@@ -153,6 +153,9 @@ async fn get_once(
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(FetchError::NotFound(u)),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(FetchError::Denied(u)),
         StatusCode::OK | StatusCode::PARTIAL_CONTENT => {}
+        StatusCode::SERVICE_UNAVAILABLE => {
+            return Err(FetchError::Busy(u, format!("HTTP {status}")));
+        }
         s => return Err(FetchError::Protocol(u, format!("HTTP {s}"))),
     }
     let validator = hv(header::ETAG).or_else(|| hv(header::LAST_MODIFIED));

@@ -150,6 +150,16 @@ enum VState {
     End,
 }
 
+/// The section checksum: the sum of the bytes. Summed in 64 KiB blocks into a `u32`
+/// (255 × 65 536 cannot overflow it), which the compiler vectorises; widening every
+/// byte to `u64` did not vectorise and made the simulator's checksum a sixth of a
+/// fleet benchmark's CPU.
+fn byte_sum(data: &[u8]) -> u64 {
+    data.chunks(1 << 16)
+        .map(|c| u64::from(c.iter().map(|&b| u32::from(b)).sum::<u32>()))
+        .sum()
+}
+
 /// Checks an image as it streams in: the header, every section's magic and checksum,
 /// and the total length. Feed it every byte, then call [`ImageValidator::finish`].
 #[derive(Debug)]
@@ -252,9 +262,7 @@ impl ImageValidator {
             }
             VState::Data { left, sum, .. } => {
                 let n = (*left).min(data.len() as u64) as usize;
-                *sum = data[..n]
-                    .iter()
-                    .fold(*sum, |acc, &b| acc.wrapping_add(u64::from(b)));
+                *sum = sum.wrapping_add(byte_sum(&data[..n]));
                 *left -= n as u64;
                 if *left == 0 {
                     self.finish_section()?;
@@ -446,9 +454,7 @@ impl ImageSpec {
                     while left > 0 {
                         let n = left.min(buf.len() as u64) as usize;
                         probe.fill(&mut buf[..n]);
-                        s = buf[..n]
-                            .iter()
-                            .fold(s, |a, &b| a.wrapping_add(u64::from(b)));
+                        s = s.wrapping_add(byte_sum(&buf[..n]));
                         left -= n as u64;
                     }
                     s
@@ -640,6 +646,15 @@ pub fn make_image(args: &MakeImageArgs) -> anyhow::Result<(PathBuf, FirmwareHead
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_sum_matches_the_plain_sum_across_block_edges() {
+        let data: Vec<u8> = (0..200_003u32).map(|i| (i * 7 + 255) as u8).collect();
+        let plain: u64 = data.iter().map(|&b| u64::from(b)).sum();
+        assert_eq!(byte_sum(&data), plain);
+        assert_eq!(byte_sum(&[255; 1 << 17]), 255 << 17);
+        assert_eq!(byte_sum(&[]), 0);
+    }
 
     fn spec(size: u64) -> ImageSpec {
         ImageSpec {

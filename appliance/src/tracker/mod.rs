@@ -321,19 +321,20 @@ impl TrackerHandle {
 
     /// Publishes a `device` (or `removed`) feed item for every device changed since
     /// the last call. The runner calls it after each batch of records.
+    /// Also wakes [`Self::wait_for`] callers, once per batch rather than per record.
     fn publish_views(&self) {
-        let t = lock(&self.inner.tracker);
-        let mut feed = lock(&self.inner.feed);
-        if feed.dirty.is_empty() {
-            return;
-        }
-        let now = t.now_ms();
-        for k in std::mem::take(&mut feed.dirty) {
-            match t.view(&k, now) {
-                Some(v) => feed.push("device", serde_json::to_string(&v).unwrap_or_default()),
-                None => feed.push("removed", serde_json::json!({ "key": k }).to_string()),
+        {
+            let t = lock(&self.inner.tracker);
+            let mut feed = lock(&self.inner.feed);
+            let now = t.now_ms();
+            for k in std::mem::take(&mut feed.dirty) {
+                match t.view(&k, now) {
+                    Some(v) => feed.push("device", serde_json::to_string(&v).unwrap_or_default()),
+                    None => feed.push("removed", serde_json::json!({ "key": k }).to_string()),
+                }
             }
         }
+        self.inner.version.send_modify(|v| *v += 1);
     }
 
     /// Applies one record and emits the feed (device views are marked for the next
@@ -372,7 +373,6 @@ impl TrackerHandle {
         for c in &changes {
             let _ = self.inner.changes.send(c.clone());
         }
-        self.inner.version.send_modify(|v| *v += 1);
         changes
     }
 }

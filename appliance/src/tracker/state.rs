@@ -1362,7 +1362,11 @@ impl Tracker {
             }
             FileKind::Other => {}
         }
-        self.refresh_target(&key, index);
+        // Only an image read can change what the target is (its directory, or the model
+        // taken from its name); the scan of the index is not paid per config request.
+        if kind == FileKind::Firmware {
+            self.refresh_target(&key, index);
+        }
         self.touch(&key);
     }
 

@@ -809,7 +809,16 @@ fn an_image_read_abandoned_for_a_later_request_is_not_a_failure() {
     s.start(1, Proto::Http, ip, "/450HD.img", IMG, MB10, (0, MB10), None);
     s.progress(1, MB10 / 4);
     let cfg = "00908f123456.cfg";
-    s.start(2, Proto::Http, ip, &format!("/{cfg}"), cfg, 20, (0, 20), None);
+    s.start(
+        2,
+        Proto::Http,
+        ip,
+        &format!("/{cfg}"),
+        cfg,
+        20,
+        (0, 20),
+        None,
+    );
     s.finish(2, 20);
     assert_eq!(s.state(MAC), S::Provisioned);
     s.abort(1, MB10 / 4, "the client went away");
@@ -826,7 +835,16 @@ fn an_image_read_abandoned_for_a_later_request_is_not_a_failure() {
     // The same abort with no later request is still a failed download.
     let other = "00:90:8f:00:00:02";
     s.dora(other, "127.77.0.12", &[160]);
-    s.start(3, Proto::Http, "127.77.0.12", "/450HD.img", IMG, MB10, (0, MB10), None);
+    s.start(
+        3,
+        Proto::Http,
+        "127.77.0.12",
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        None,
+    );
     s.abort(3, MB10 / 4, "the client went away");
     assert_eq!(s.state(other), S::Failed);
 }
