@@ -94,8 +94,16 @@ run_proto() {
   local P_DHCP P_TFTP P_HTTP P_HTTPS P_FTP P_API url
   P_DHCP=$(free_port); P_TFTP=$(free_port); P_HTTP=$(free_port); P_HTTPS=$(free_port)
   P_FTP=$(free_port); P_API=$(free_port)
-  # One passive port per phone downloading at once.
-  local PASV=$((20000 + RANDOM % 20 * 1000))
+  # One passive port per phone downloading at once, in a range that holds none of the
+  # ports just picked (the appliance refuses a passive range with its control port).
+  local PASV p clash
+  while :; do
+    PASV=$((20000 + RANDOM % 20 * 1000)); clash=
+    for p in $P_DHCP $P_TFTP $P_HTTP $P_HTTPS $P_FTP $P_API; do
+      if [ "$p" -ge "$PASV" ] && [ "$p" -le $((PASV + 999)) ]; then clash=1; fi
+    done
+    [ -z "$clash" ] && break
+  done
   case $proto in
     http) url="http://{server}:{http_port}/450HD.img;<MAC>.cfg" ;;
     https) url="https://{server}:{https_port}/450HD.img;<MAC>.cfg" ;;
