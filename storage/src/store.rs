@@ -308,16 +308,12 @@ impl Snapshot {
         self.data.slice(start..end)
     }
 
-    /// Copies from `offset` into `buf`; returns the bytes copied (fewer at the end).
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    /// Fills `buf` from `offset` as far as the file allows; returns the bytes copied
+    /// (fewer at the end of the file).
+    pub fn read_full_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         let src = self.slice(offset, buf.len());
         buf[..src.len()].copy_from_slice(&src);
         Ok(src.len())
-    }
-
-    /// Fills `buf` from `offset` as far as the file allows; returns the bytes read.
-    pub fn read_full_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        self.read_at(buf, offset)
     }
 
     /// A reader positioned at `offset` (implements `std::io::Read` and tokio's `AsyncRead`).

@@ -433,29 +433,13 @@ impl Shared {
                     msg.clone(),
                 );
             }
+            // The snapshot is already in memory; encoding a large file is CPU work,
+            // so it runs off the runtime threads.
             let s = snap.clone();
-            let size = entry.size as usize;
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; size];
-                s.read_full_at(&mut buf, 0).map(|n| {
-                    buf.truncate(n);
-                    netascii::encode(&buf)
-                })
-            })
-            .await;
-            match read {
-                Ok(Ok(t)) => {
+            match tokio::task::spawn_blocking(move || netascii::encode(s.bytes())).await {
+                Ok(t) => {
                     let len = t.len() as u64;
                     (Source::Memory(Arc::new(t)), len)
-                }
-                Ok(Err(e)) => {
-                    return self.refuse(
-                        peer,
-                        &req.filename,
-                        ErrorCode::NotDefined,
-                        "server error",
-                        format!("cannot read: {e}"),
-                    );
                 }
                 Err(e) => {
                     return self.refuse(
