@@ -54,6 +54,8 @@ pub struct Appliance {
     leases: Option<LeaseDb>,
     config: Arc<Config>,
     shutdown: CancellationToken,
+    /// Stops the tracker, once the servers have finished (see [`Appliance::shutdown`]).
+    tracker_stop: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -215,13 +217,15 @@ impl Appliance {
         let tasks = TaskTracker::new();
         let mut addrs = Addrs::default();
 
-        // The tracker subscribes before any server runs, so it sees every event.
+        // The tracker subscribes before any server runs, so it sees every event. It
+        // has its own stop token: it must outlive the servers' grace period.
+        let tracker_stop = CancellationToken::new();
         let tracker = tracker::spawn(
             &config.tracker,
             bus.clone(),
             store.clone(),
             &state_dir.join("journal"),
-            shutdown.clone(),
+            tracker_stop.clone(),
         )
         .with_context(|| {
             format!(
@@ -428,6 +432,7 @@ impl Appliance {
             leases,
             config,
             shutdown,
+            tracker_stop,
             tasks,
         };
         app.log_addresses();
@@ -451,11 +456,15 @@ impl Appliance {
     }
 
     /// Stops every server: new connections are refused at once, in-flight downloads
-    /// get the grace period.
+    /// get the grace period. The tracker stops last, so what happened during the grace
+    /// period is journaled, and the journal ends with the snapshot a restart resumes from.
     pub async fn shutdown(self) {
+        self.tracker.close_streams();
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        self.tracker_stop.cancel();
+        self.tracker.stopped().await;
     }
 
     /// A token that is cancelled when the appliance shuts down.

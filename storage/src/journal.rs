@@ -251,21 +251,48 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
 /// Reads every record of every journal file in `dir`, oldest first. Undecodable lines
 /// are skipped and counted; a missing directory is an empty journal.
 pub fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<ReadOutcome<T>, JournalError> {
-    let mut out = ReadOutcome {
-        records: Vec::new(),
-        skipped: 0,
-    };
-    for path in files(dir) {
+    read_since(dir, |_| false)
+}
+
+/// Reads the records from the newest line that `is_start` accepts (a restart point,
+/// such as the tracker's snapshot) to the end, oldest first; everything when no line
+/// is accepted. Files are scanned newest first and only the lines from the restart
+/// point on are decoded and kept, so start-up after a long run reads one file's tail,
+/// not every rotated file (which held 300 MB of JSON and took seconds to decode).
+pub fn read_since<T: DeserializeOwned>(
+    dir: &Path,
+    is_start: impl Fn(&[u8]) -> bool,
+) -> Result<ReadOutcome<T>, JournalError> {
+    // Raw lines per file, newest file first; each file's lines in order.
+    let mut tails: Vec<Vec<Vec<u8>>> = Vec::new();
+    for path in files(dir).into_iter().rev() {
         let f = File::open(&path).map_err(io(&path))?;
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut found = false;
         for line in BufReader::new(f).split(b'\n') {
             let line = line.map_err(io(&path))?;
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_slice::<T>(&line) {
-                Ok(r) => out.records.push(r),
-                Err(_) => out.skipped += 1,
+            if is_start(&line) {
+                lines.clear();
+                found = true;
             }
+            lines.push(line);
+        }
+        tails.push(lines);
+        if found {
+            break;
+        }
+    }
+    let mut out = ReadOutcome {
+        records: Vec::new(),
+        skipped: 0,
+    };
+    for line in tails.into_iter().rev().flatten() {
+        match serde_json::from_slice::<T>(&line) {
+            Ok(r) => out.records.push(r),
+            Err(_) => out.skipped += 1,
         }
     }
     Ok(out)
@@ -385,6 +412,60 @@ mod tests {
         assert_eq!(got.records.last(), Some(&rec(39)));
         // Older lines were dropped: the total is bounded.
         assert!(got.records.len() < 40);
+    }
+
+    #[test]
+    fn read_since_starts_at_the_newest_restart_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JournalOptions {
+            max_bytes: 300,
+            keep: 3,
+        };
+        let mut j = Journal::open(dir.path(), opts).unwrap();
+        for n in 0..30 {
+            if j.should_rotate() {
+                j.rotate_with(&Rec {
+                    n: 1000 + n,
+                    text: "snapshot".into(),
+                })
+                .unwrap();
+            }
+            j.append(&rec(n)).unwrap();
+        }
+        // A restart point in the middle of the current file wins over the file's first.
+        j.append(&Rec {
+            n: 2000,
+            text: "snapshot".into(),
+        })
+        .unwrap();
+        j.append(&rec(31)).unwrap();
+        j.flush().unwrap();
+        let is_snap = |l: &[u8]| l.windows(10).any(|w| w == b"\"snapshot\"");
+        let got = read_since::<Rec>(dir.path(), is_snap).unwrap();
+        assert_eq!(
+            got.records,
+            vec![
+                Rec {
+                    n: 2000,
+                    text: "snapshot".into()
+                },
+                rec(31)
+            ]
+        );
+        // No restart point anywhere: everything, oldest first, across files.
+        let all = read_since::<Rec>(dir.path(), |_| false).unwrap();
+        assert_eq!(all.records, read_all::<Rec>(dir.path()).unwrap().records);
+        assert!(all.records.len() > 2);
+        assert_eq!(all.records.last(), Some(&rec(31)));
+        // A restart point only in an older file: that file's tail plus every newer file.
+        let first_of_oldest = |l: &[u8]| l.starts_with(b"{\"n\":10");
+        let got = read_since::<Rec>(dir.path(), first_of_oldest).unwrap();
+        assert!(
+            got.records[0].n >= 1000 && got.records[0].n < 2000,
+            "{:?}",
+            got.records[0]
+        );
+        assert_eq!(got.records.last(), Some(&rec(31)));
     }
 
     #[test]

@@ -303,6 +303,85 @@ async fn a_header_probe_is_recorded_as_an_abort_after_n_bytes() {
     app.shutdown().await;
 }
 
+/// A download still running when shutdown starts finishes in the grace period, and the
+/// journal records it finished (the tracker stops after the servers, not with them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_finishing_in_the_grace_period_is_journaled() {
+    let s = Scratch::new();
+    let data = pattern(8 << 20, 5);
+    s.put("grace.img", &data);
+    let configure = |c: &mut provbox_config::Config| {
+        c.dhcp.enabled = false;
+        c.tftp.enabled = false;
+        c.ftp.enabled = false;
+        c.api.enabled = false;
+    };
+    let app = Appliance::builder()
+        .store(s.store())
+        .state(s.state())
+        .loopback()
+        .grace(Duration::from_secs(20))
+        .configure(configure)
+        .start()
+        .await
+        .unwrap();
+    let a = app.addrs().http.unwrap();
+    let mut sock = tokio::net::TcpStream::connect(a).await.unwrap();
+    sock.write_all(b"GET /grace.img HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = Vec::new();
+    let n = sock.read(&mut buf).await.unwrap();
+    got.extend_from_slice(&buf[..n]);
+    // Shut down while most of the body is still to come.
+    let stopping = tokio::spawn(app.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stopping.is_finished(),
+        "shutdown did not wait for the download"
+    );
+    loop {
+        let n = tokio::time::timeout(T, sock.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let body_at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        sha256(&got[body_at..]),
+        sha256(&data),
+        "the whole file arrived"
+    );
+    tokio::time::timeout(T, stopping).await.unwrap().unwrap();
+
+    // A restart rebuilds from the journal: the download is there, finished.
+    let app = Appliance::builder()
+        .store(s.store())
+        .state(s.state())
+        .loopback()
+        .configure(configure)
+        .start()
+        .await
+        .unwrap();
+    let files: Vec<_> = app
+        .tracker()
+        .devices()
+        .iter()
+        .filter_map(|v| app.tracker().device(&v.key))
+        .flat_map(|d| d.files)
+        .filter(|f| f.file == "grace.img")
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].result, "finished", "{files:?}");
+    assert_eq!(files[0].bytes, data.len() as u64);
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_1_2_and_1_3_only_and_the_certificate_is_kept_across_restarts() {
     require("openssl");

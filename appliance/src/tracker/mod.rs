@@ -174,6 +174,10 @@ struct Inner {
     feed: Mutex<Feed>,
     changes: broadcast::Sender<StateChange>,
     version: watch::Sender<u64>,
+    /// Cancelled when long-lived readers (SSE streams) should end: at the start of a
+    /// shutdown ([`TrackerHandle::close_streams`]) or when the runner stops.
+    closing: CancellationToken,
+    /// Cancelled once the runner has written its last record and synced the journal.
     stopped: CancellationToken,
 }
 
@@ -191,7 +195,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl TrackerHandle {
-    fn new(tracker: Tracker, stopped: CancellationToken) -> TrackerHandle {
+    fn new(tracker: Tracker) -> TrackerHandle {
         let (tx, _) = broadcast::channel(4096);
         let (changes, _) = broadcast::channel(4096);
         let (version, _) = watch::channel(0);
@@ -206,7 +210,8 @@ impl TrackerHandle {
                 }),
                 changes,
                 version,
-                stopped,
+                closing: CancellationToken::new(),
+                stopped: CancellationToken::new(),
             }),
         }
     }
@@ -309,14 +314,27 @@ impl TrackerHandle {
         }
     }
 
-    /// Cancelled when the tracker stops (shutdown): long-lived streams end with it.
+    /// Cancelled when long-lived streams should end: once [`Self::close_streams`] is
+    /// called or the runner stops.
     pub fn stop_token(&self) -> CancellationToken {
-        self.inner.stopped.clone()
+        self.inner.closing.clone()
     }
 
-    /// True once the runner has stopped (shutdown).
+    /// Ends long-lived streams now, while the runner goes on recording. A shutdown
+    /// calls it first, so the API server can finish while in-flight downloads are
+    /// still being tracked through their grace period.
+    pub fn close_streams(&self) {
+        self.inner.closing.cancel();
+    }
+
+    /// True once the runner has stopped and its journal is synced.
     pub fn is_stopped(&self) -> bool {
         self.inner.stopped.is_cancelled()
+    }
+
+    /// Waits until the runner has stopped and its journal is synced.
+    pub async fn stopped(&self) {
+        self.inner.stopped.cancelled().await;
     }
 
     /// Publishes a `device` (or `removed`) feed item for every device changed since
@@ -378,7 +396,10 @@ impl TrackerHandle {
 }
 
 /// Rebuilds the tracker from the journal in `journal_dir`, then runs it on the bus
-/// until `shutdown`. Must be called inside a tokio runtime.
+/// until `shutdown`; it then records what is already waiting, ends the journal with a
+/// snapshot and syncs it ([`TrackerHandle::stopped`] says when). An appliance cancels
+/// `shutdown` only after its servers have finished, so the grace period's downloads
+/// are recorded. Must be called inside a tokio runtime.
 pub fn spawn(
     cfg: &TrackerConfig,
     bus: EventBus,
@@ -393,8 +414,12 @@ pub fn spawn(
     // Subscribe before reading, so nothing published meanwhile is lost (events the
     // journal already has are skipped by sequence number).
     let rx = bus.subscribe();
-    let handle = TrackerHandle::new(Tracker::new(cfg), shutdown.child_token());
-    let read = journal::read_all::<Record>(journal_dir).map_err(jerr)?;
+    let handle = TrackerHandle::new(Tracker::new(cfg));
+    // Only the tail from the newest snapshot is decoded (serde writes the tag first).
+    let read = journal::read_since::<Record>(journal_dir, |line| {
+        line.starts_with(br#"{"rec":"snapshot""#)
+    })
+    .map_err(jerr)?;
     if read.skipped > 0 {
         tracing::warn!(dir = %journal_dir.display(), skipped = read.skipped, "journal lines could not be read and were skipped (a torn last line after a crash is normal)");
     }
@@ -501,6 +526,18 @@ impl Runner {
                 warn_limited!(error = %e, "cannot write to the journal; tracking continues in memory");
             }
         }
+        // Record what the servers published before they stopped.
+        for _ in 0..65_536 {
+            match rx.try_recv() {
+                Ok(ev) => {
+                    self.on_bus(Ok(ev), &vtx);
+                }
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    self.on_bus(Err(broadcast::error::RecvError::Lagged(n)), &vtx);
+                }
+                Err(_) => break,
+            }
+        }
         // End with a snapshot: the restart starts from it, with this feed numbering.
         self.handle.publish_views();
         let snapshot = self.snapshot();
@@ -508,6 +545,7 @@ impl Runner {
         if let Err(e) = self.journal.sync() {
             tracing::warn!(error = %e, "cannot sync the journal at shutdown");
         }
+        self.handle.inner.closing.cancel();
         self.handle.inner.stopped.cancel();
         self.handle.inner.version.send_modify(|v| *v += 1);
     }

@@ -1050,6 +1050,10 @@ async fn the_runner_journals_and_a_restart_rebuilds() {
     // The numbering where the stopped process ended (its last device views included).
     let feed_before = h.feed_seq();
     assert!(journal::files(&jdir).len() >= 2, "rotated");
+    // The rebuild finds restart points by this prefix, without decoding every line.
+    let cur = std::fs::read_to_string(jdir.join("journal.jsonl")).unwrap();
+    let last = cur.lines().last().unwrap();
+    assert!(last.starts_with(r#"{"rec":"snapshot""#), "{last:.80}");
 
     // A new process: a fresh bus, numbering continues after the journal.
     let bus2 = EventBus::new(1024);
