@@ -120,6 +120,7 @@ fn main() -> ExitCode {
         (_, l) => l,
     };
     logging::init(cli.log_format, level);
+    raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("provbox")
@@ -194,6 +195,19 @@ fn main() -> ExitCode {
             eprintln!("provbox: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, as Go's runtime does at start:
+/// each phone's connection and each mapped blob (kept open for `sendfile`) holds a
+/// descriptor, and the usual soft limit of 1024 is below a 500-phone fleet's needs.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit; many phones at once may see refused connections");
     }
 }
 

@@ -11,7 +11,8 @@
 //! The accept loop is hand-written on hyper-util rather than `axum::serve`: it runs
 //! each TLS handshake in its own task with a timeout (a slow or hostile client cannot
 //! stall accepts), records the peer address for every request, and drains in-flight
-//! downloads on shutdown with hyper-util's `GracefulShutdown`.
+//! downloads on shutdown with hyper-util's `GracefulShutdown`. Plain HTTP connections
+//! run over [`crate::zerocopy::SendfileStream`], so image bodies leave by `sendfile`.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -142,7 +143,10 @@ impl HttpServer {
             match &self.tls {
                 None => {
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(crate::zerocopy::SendfileStream::new(tcp)),
+                            svc,
+                        )
                         .into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {

@@ -11,5 +11,6 @@ pub mod http;
 pub mod progress;
 pub mod ratelog;
 pub mod tftp;
+pub mod zerocopy;
 
 pub use events::{EventBus, EventKind, Proto, WireEvent};

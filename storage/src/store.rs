@@ -24,8 +24,8 @@
 //! blocking-pool hop to `open(2)` per request, and a fleet downloading one image
 //! cannot afford a fresh buffer, a zero-fill and a `pread` copy per chunk. So the
 //! store keeps each current blob open once, as `Bytes`, and protocols slice it:
-//! plain HTTP hands the slices straight to `writev`, TLS encrypts from them, TFTP and
-//! FTP copy from them without a system call. Mapping is safe because blobs are the
+//! plain HTTP sends them with `sendfile(2)` from the blob's file ([`crate::mapped`]),
+//! TLS encrypts from them, TFTP and FTP copy from them without a system call. Mapping is safe because blobs are the
 //! store's own files: written completely, made read-only, renamed into place and never
 //! written again (only unlinked); a reflink copy is a separate inode, so the
 //! operator's later writes to the source cannot reach it. The mapping is created with
@@ -333,7 +333,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// page and a kernel VMA however small the file.
 const HEAP_BLOB_MAX: u64 = 64 * 1024;
 /// Open blobs kept at most; past this, blobs no current entry uses are dropped first.
-/// Mappings hold no descriptor, so this bounds kernel VMAs, not open files.
+/// Each mapping keeps its blob's descriptor open (for [`crate::mapped::send_mapped`]),
+/// so this bounds open files as well as kernel VMAs; `provbox serve` raises its soft
+/// descriptor limit to the hard limit at start.
 const BLOB_CACHE_MAX: usize = 4096;
 
 /// Loads a blob as `Bytes`: read for small files, a populated read-only map otherwise.
@@ -351,11 +353,7 @@ fn load_blob(path: &Path, size: u64) -> std::io::Result<Bytes> {
         (&file).take(len).read_to_end(&mut v)?;
         return Ok(Bytes::from(v));
     }
-    // SAFETY: blobs are the store's own read-only files, written once and never
-    // modified afterwards (see the module docs), so the mapped bytes cannot change.
-    #[allow(unsafe_code)]
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
-    Ok(Bytes::from_owner(map))
+    crate::mapped::map_blob(file)
 }
 
 /// Handle to the store; cheap to clone.

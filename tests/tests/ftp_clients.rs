@@ -61,9 +61,15 @@ async fn curl_list_retr_rest_epsv_pasv() {
         args.extend_from_slice(extra);
         let url = ftp.url("/450HD_3.4.8.img");
         args.push(&url);
+        let zero_copy = provbox_storage::mapped::zero_copy_bytes();
         let out = curl(&args).await;
         assert!(ok(&out), "{extra:?}: {}", text(&out));
         assert_eq!(sha(&std::fs::read(&dest).unwrap()), sha(img), "{extra:?}");
+        // The plain data connection sent the mapped image with sendfile.
+        assert!(
+            provbox_storage::mapped::zero_copy_bytes() - zero_copy >= IMG as u64,
+            "{extra:?}: the image did not go out by sendfile"
+        );
     }
 
     // The first download's events: started with the client's address, finished with

@@ -79,9 +79,15 @@ async fn get_head_ranges_and_conditional_requests() {
     let u = url(a, "/450HD_3.4.8.198.img");
     let size = data.len();
 
+    let zero_copy = provbox_storage::mapped::zero_copy_bytes();
     let (code, h, body) = curl(&[&u]);
     assert_eq!(code, 200);
     assert_eq!(sha256(&body), sha256(&data));
+    // Plain HTTP sent the mapped image with sendfile, not by copying it.
+    assert!(
+        provbox_storage::mapped::zero_copy_bytes() - zero_copy >= size as u64,
+        "the image body did not go out by sendfile"
+    );
     let etag = header(&h, "etag").unwrap().to_string();
     assert_eq!(
         etag,

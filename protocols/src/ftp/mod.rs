@@ -255,6 +255,11 @@ fn build_server(
     shared: &Shared,
     peer: SocketAddr,
 ) -> Result<libunftp::Server<StoreBackend, FtpUser>, libunftp::ServerError> {
+    // Plain data connections send mapped image slices with sendfile (set once per
+    // process; later calls are no-ops).
+    libunftp::data_stream::set_plain_writer(|socket| {
+        Box::new(crate::zerocopy::SendfileStream::new(socket))
+    });
     let auth = Arc::new(SessionAuth::new(shared.accounts.clone(), peer));
     let backend = StoreBackend::new(
         shared.store.clone(),

@@ -52,6 +52,34 @@ pub mod storage;
 
 pub use crate::server::ftpserver::{Server, ServerBuilder, error::ServerError, options};
 
+/// provbox patch: how plain (non-TLS) data connections are written.
+///
+/// An embedding server can wrap the data socket once, process-wide, for example to
+/// send file bodies with `sendfile(2)` instead of copying them. Unset, the socket is
+/// written as it is.
+pub mod data_stream {
+    use std::sync::OnceLock;
+    use tokio::io::AsyncWrite;
+    use tokio::net::TcpStream;
+
+    /// A wrapped plain data connection.
+    pub type PlainWriter = Box<dyn AsyncWrite + Send + Unpin + Sync>;
+
+    static WRAP: OnceLock<fn(TcpStream) -> PlainWriter> = OnceLock::new();
+
+    /// Sets the wrapper for plain data connections; false if one was already set.
+    pub fn set_plain_writer(wrap: fn(TcpStream) -> PlainWriter) -> bool {
+        WRAP.set(wrap).is_ok()
+    }
+
+    pub(crate) fn plain_writer(socket: TcpStream) -> PlainWriter {
+        match WRAP.get() {
+            Some(wrap) => wrap(socket),
+            None => Box::new(socket),
+        }
+    }
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[cfg(not(any(feature = "aws_lc_rs", feature = "ring")))]

@@ -563,7 +563,8 @@ where
     #[tracing_attributes::instrument]
     async fn writer(socket: TcpStream, ftps_mode: FtpsConfig, command: &'static str) -> Box<dyn AsyncWrite + Send + Unpin + Sync> {
         match ftps_mode {
-            FtpsConfig::Off => Box::new(MeasuringWriter::new(socket, command)) as Box<dyn AsyncWrite + Send + Unpin + Sync>,
+            // provbox patch: plain data connections go through the embedder's wrapper.
+            FtpsConfig::Off => Box::new(MeasuringWriter::new(crate::data_stream::plain_writer(socket), command)) as Box<dyn AsyncWrite + Send + Unpin + Sync>,
             FtpsConfig::Building { .. } => panic!("Illegal state"),
             FtpsConfig::On { tls_config } => {
                 // provbox patch: a failed or stalled data-channel handshake no longer
