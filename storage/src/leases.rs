@@ -180,7 +180,12 @@ impl LeaseDb {
             path: path.to_path_buf(),
             source: e,
         };
-        let db = redb::Database::create(path).map_err(|e| err(e.into()))?;
+        // redb caches up to 1 GiB by default; a lease table is kilobytes, and every
+        // read is served from the in-memory mirror anyway.
+        let db = redb::Builder::new()
+            .set_cache_size(16 * 1024 * 1024)
+            .create(path)
+            .map_err(|e| err(e.into()))?;
         let mut mirror = Mirror::default();
         {
             // Create the table on first use so reads never see "no such table".
