@@ -17,6 +17,10 @@
 #   BENCH_DIR      work directory (default /var/tmp/provbox-fleet); stores are reused
 #   PROVBOX        the binary (default target/release/provbox, built first)
 #   SECS           iperf3 seconds (default 5)
+#   PEERS          1: after each provbox row, the same fleet fetches its files from the
+#                  peer for that protocol (nginx for https, vsftpd for ftp, tftpd-hpa
+#                  for tftp; plain http has no peer script), with provbox still giving
+#                  DHCP; started through SHARED_BENCH/peers (default ../shared/bench)
 # Output: one line per protocol, then the raw reports' location.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +34,9 @@ STAGGER=${STAGGER:-0ms}
 SECS=${SECS:-5}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/provbox-fleet}
 PROVBOX=${PROVBOX:-$REPO/target/release/provbox}
+PEERS=${PEERS:-}
+SB=${SHARED_BENCH:-$REPO/../shared/bench}
+export BENCH_RUN=${BENCH_RUN:-$BENCH_DIR/peers-run}
 mkdir -p "$BENCH_DIR"
 OUT=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
 
@@ -42,7 +49,9 @@ fi
 
 SERVE_PID=
 IPERF_PID=
+PEER_UP=
 cleanup() {
+  if [ -n "$PEER_UP" ]; then "$SB/peers/stop.sh" "$PEER_UP" >/dev/null 2>&1 || true; fi
   if [ -n "$SERVE_PID" ]; then kill "$SERVE_PID" 2>/dev/null || true; fi
   if [ -n "$IPERF_PID" ]; then kill "$IPERF_PID" 2>/dev/null || true; fi
 }
@@ -85,12 +94,24 @@ if [ ! -s "$STORE/.done" ]; then
   touch "$STORE/.done"
 fi
 IMG_BYTES=$(stat -c %s "$STORE/450HD_3.4.8.198.img")
+# The peers' store: the same files by hard link, plus what provbox resolves itself —
+# the model alias 450HD.img and each config under the lower-case MAC some firmware asks for.
+PSTORE="$BENCH_DIR/peerstore-$N-$SIZE"
+if [ -n "$PEERS" ] && [ ! -s "$PSTORE/.done" ]; then
+  rm -rf "$PSTORE"; mkdir -p "$PSTORE"
+  for f in "$STORE"/*; do ln "$f" "$PSTORE/$(basename "$f")"; done
+  ln "$STORE/450HD_3.4.8.198.img" "$PSTORE/450HD.img"
+  for f in "$STORE"/00908F*.cfg; do
+    b=$(basename "$f"); ln "$f" "$PSTORE/$(echo "${b%.cfg}" | tr 'A-F' 'a-f').cfg"
+  done
+  chmod -R a+rX "$PSTORE"; touch "$PSTORE/.done"
+fi
 
 printf '%-6s %7s %11s %8s %8s %6s %6s %8s %9s %9s %10s %9s %10s %s\n' \
   proto phones bytes wall_s limit_s ratio dl_s dl_ratio udp_lim_s srv_cpu_s srv_rss_mb sim_cpu_s sim_rss_mb load >"$OUT/table.txt"
 
 run_proto() {
-  local proto=$1 n=$2
+  local proto=$1 n=$2 peer=${3:-}
   local P_DHCP P_TFTP P_HTTP P_HTTPS P_FTP P_API url
   P_DHCP=$(free_port); P_TFTP=$(free_port); P_HTTP=$(free_port); P_HTTPS=$(free_port)
   P_FTP=$(free_port); P_API=$(free_port)
@@ -104,6 +125,8 @@ run_proto() {
     done
     [ -z "$clash" ] && break
   done
+  local P_PEER label=$proto ca
+  P_PEER=$(free_port)
   case $proto in
     http) url="http://{server}:{http_port}/450HD.img;<MAC>.cfg" ;;
     https) url="https://{server}:{https_port}/450HD.img;<MAC>.cfg" ;;
@@ -111,6 +134,21 @@ run_proto() {
     ftp) url="ftp://{server}:{ftp_port}/450HD.img;<MAC>.cfg" ;;
   esac
   local W="$OUT/$proto"
+  ca="$W/state/tls/cert.pem"
+  if [ -n "$peer" ]; then
+    # The files come from the peer; provbox still hands out leases and the URL.
+    label="$peer"
+    W="$OUT/$proto-$peer"
+    url="${url%%://*}://127.0.0.1:$P_PEER/450HD.img;<MAC>.cfg"
+    case $peer in
+      # nginx's openssl certificate is a CA, which webpki refuses as a server's own:
+      # the phones accept any certificate instead (the default without --ca).
+      nginx) "$SB/peers/start-nginx.sh" "$P_PEER" "$PSTORE" >&2; ca= ;;
+      vsftpd) PASV_MIN=$PASV PASV_MAX=$((PASV + 999)) "$SB/peers/start-vsftpd.sh" "$P_PEER" "$PSTORE" >&2 ;;
+      tftpd-hpa) TFTP_PORT_RANGE="$PASV:$((PASV + 999))" "$SB/peers/start-tftpd-hpa.sh" "$P_PEER" "$PSTORE" >&2 ;;
+    esac
+    PEER_UP=$peer
+  fi
   mkdir -p "$W"
   cat >"$W/provbox.toml" <<CONF
 [store]
@@ -168,11 +206,17 @@ CONF
       --burn 0s --reboot 0s --stagger "$STAGGER" --retry-backoff 1s,2s,4s \
       --dhcp-attempts 8 --read-timeout 120s --time-limit 60m \
       --tftp-port "$P_TFTP" --tftp-blksize "$TFTP_BLKSIZE" --tftp-windowsize "$TFTP_WINDOW" \
-      --ca "$W/state/tls/cert.pem" --json --quiet >"$W/report.json" 2>"$W/sim.log" || true
+      ${ca:+--ca "$ca"} --json --quiet >"$W/report.json" 2>"$W/sim.log" || true
   local cpu1 hwm
   cpu1=$(cpu_s "$SERVE_PID")
   hwm=$(awk '/VmHWM/{print $2}' "/proc/$SERVE_PID/status")
   kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=
+  if [ -n "$peer" ]; then
+    # The peer's CPU and memory are spread over forked or worker processes; only its
+    # time is compared (provbox's own serve process above did DHCP only).
+    "$SB/peers/stop.sh" "$peer" >/dev/null 2>&1 || true; PEER_UP=
+    cpu0=0; cpu1=0; hwm=0
+  fi
   local prov total bytes wall
   prov=$(jq .provisioned "$W/report.json"); total=$(jq .total "$W/report.json")
   bytes=$(jq .bytes "$W/report.json"); wall=$(jq '.elapsed_ms/1000' "$W/report.json")
@@ -185,12 +229,12 @@ CONF
   local dl
   dl=$(jq '([.phones[] | [.timeline[] | select(.phase=="burning") | .at_ms] | min // 0] | max)
            - ([.phones[] | .timeline[] | select(.phase=="firmware_download") | .at_ms] | min // 0)' "$W/report.json")
-  awk -v p="$proto" -v n="$prov/$total" -v b="$bytes" -v w="$wall" -v g="$TCP_GBPS" -v ug="$UDP_GBPS" \
+  awk -v p="$label" -v pr="$proto" -v n="$prov/$total" -v b="$bytes" -v w="$wall" -v g="$TCP_GBPS" -v ug="$UDP_GBPS" \
       -v dl="$dl" -v ib="$IMG_BYTES" -v np="$2" \
       -v c="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{print b-a}')" -v r="$hwm" \
       -v su="$sim_u" -v ss="$sim_s" -v sk="$sim_kb" -v ld="$ld" 'BEGIN{
         lim = b * 8 / (g * 1e9);
-        ulim = (p == "tftp") ? sprintf("%.1f", b * 8 / (ug * 1e9)) : "-";
+        ulim = (pr == "tftp") ? sprintf("%.1f", b * 8 / (ug * 1e9)) : "-";
         dlim = ib * np * 8 / (g * 1e9);
         printf "%-6s %7s %11.0f %8.1f %8.1f %6.2f %6.1f %8.2f %9s %9.1f %10.0f %9.1f %10.0f %s\n",
           p, n, b, w, lim, w / lim, dl / 1000, (dl / 1000) / dlim, ulim, c, r / 1024, su + ss, sk / 1024, ld }' >>"$OUT/table.txt"
@@ -200,6 +244,13 @@ for proto in $PROTOCOLS; do
   n=$N
   [ "$proto" = tftp ] && n=$TFTP_N
   run_proto "$proto" "$n"
+  if [ -n "$PEERS" ]; then
+    case $proto in
+      https) run_proto https "$n" nginx ;;
+      ftp) run_proto ftp "$n" vsftpd ;;
+      tftp) run_proto tftp "$n" tftpd-hpa ;;
+    esac
+  fi
 done
 echo "load after: $(load)" >&2
 echo "image $IMG_BYTES bytes; loopback TCP $TCP1_GBPS Gbit/s (1 stream), $TCP4_GBPS (4 streams), UDP(1468 B) $UDP_GBPS Gbit/s"
@@ -207,4 +258,4 @@ echo "limit = bytes x 8 / best TCP throughput; ratio = wall / limit; udp_lim = b
 echo "dl_s = the fleet's image phase (first download start to last burn start); dl_ratio = dl_s / (images' bytes x 8 / TCP throughput)"
 echo "wall also holds each phone's three DHCP exchanges, header checks, two config fetches and reboots"
 cat "$OUT/table.txt"
-echo "(srv = provbox serve, sim = provbox sim; cpu in seconds, rss = peak VmHWM / max RSS in MiB; raw reports in $OUT)"
+echo "(srv = provbox serve, sim = provbox sim; cpu in seconds, rss = peak VmHWM / max RSS in MiB; a peer row (nginx, vsftpd, tftpd-hpa) measures no server CPU or RSS; raw reports in $OUT)"
