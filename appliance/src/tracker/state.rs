@@ -15,6 +15,7 @@
 //! burn the phone asks only for 66/67, or fetches the whole image again without
 //! fetching its config: it is probably running its recovery loader, §6).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
@@ -126,10 +127,11 @@ pub enum FirmwareSource {
 pub struct TimelineEntry {
     pub seq: u64,
     pub at_ms: u64,
-    /// `dhcp`, `tftp`, `ftp`, `http`, `https` or `tracker`.
-    pub source: String,
+    /// `dhcp`, `tftp`, `ftp`, `http`, `https` or `tracker`. (Static names, borrowed
+    /// rather than allocated for every entry of every request.)
+    pub source: Cow<'static, str>,
     /// e.g. `dhcp_ack`, `transfer_started`, `state`.
-    pub kind: String,
+    pub kind: Cow<'static, str>,
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<PhoneState>,
@@ -488,8 +490,23 @@ fn same_model(a: &str, b: &str) -> bool {
     strip(a) == strip(b)
 }
 
-fn proto_source(p: Proto) -> String {
-    p.to_string()
+/// A DHCP message type's timeline kind: `DHCPACK` → `dhcp_ack`.
+fn dhcp_kind(what: &str) -> &'static str {
+    match what {
+        "DHCPDISCOVER" => "dhcp_discover",
+        "DHCPOFFER" => "dhcp_offer",
+        "DHCPREQUEST" => "dhcp_request",
+        "DHCPACK" => "dhcp_ack",
+        "DHCPNAK" => "dhcp_nak",
+        "DHCPRELEASE" => "dhcp_release",
+        "DHCPDECLINE" => "dhcp_decline",
+        "DHCPINFORM" => "dhcp_inform",
+        _ => "dhcp",
+    }
+}
+
+fn proto_source(p: Proto) -> &'static str {
+    p.as_str()
 }
 
 impl Device {
@@ -535,14 +552,14 @@ impl Device {
         }
     }
 
-    fn note(&mut self, seq: u64, at: u64, source: &str, kind: &str, text: String) {
+    fn note(&mut self, seq: u64, at: u64, source: &'static str, kind: &'static str, text: String) {
         self.last_seen_ms = self.last_seen_ms.max(at);
         self.last_event = Some(text.clone());
         self.push_timeline(TimelineEntry {
             seq,
             at_ms: at,
-            source: source.to_string(),
-            kind: kind.to_string(),
+            source: Cow::Borrowed(source),
+            kind: Cow::Borrowed(kind),
             text,
             state: None,
         });
@@ -586,8 +603,8 @@ impl Device {
         self.push_timeline(TimelineEntry {
             seq,
             at_ms: at,
-            source: "tracker".into(),
-            kind: "state".into(),
+            source: Cow::Borrowed("tracker"),
+            kind: Cow::Borrowed("state"),
             text,
             state: Some(to),
         });
@@ -1035,10 +1052,7 @@ impl Tracker {
             seq,
             at,
             "dhcp",
-            &format!(
-                "dhcp_{}",
-                what.trim_start_matches("DHCP").to_ascii_lowercase()
-            ),
+            dhcp_kind(what),
             text,
         );
 
@@ -1315,7 +1329,7 @@ impl Tracker {
         d.note(
             seq,
             at,
-            &proto_source(s.proto),
+            proto_source(s.proto),
             "transfer_started",
             format!("{} {shown}{range}", s.proto.to_string().to_uppercase()),
         );
@@ -1441,7 +1455,7 @@ impl Tracker {
         d.unstall(Trigger::Transfer, seq, at, out);
         let delivered = a.offset + a.bytes;
         let prefix = d.add_prefix(&a, a.bytes);
-        let proto = a.proto.to_string();
+        let proto = a.proto.as_str();
         match abort {
             None => {
                 d.record_file(&a, a.bytes, duration_ms, "finished", None);
@@ -1449,7 +1463,7 @@ impl Tracker {
                 d.note(
                     seq,
                     at,
-                    &proto,
+                    proto,
                     "transfer_finished",
                     format!(
                         "{} delivered {} of {} in {} ({}/s), sha256 {}",
@@ -1535,7 +1549,7 @@ impl Tracker {
                 d.note(
                     seq,
                     at,
-                    &proto,
+                    proto,
                     kind,
                     format!(
                         "{} {what} after {} of {}: {reason}",
@@ -1604,7 +1618,7 @@ impl Tracker {
         d.note(
             seq,
             at,
-            &proto.to_string(),
+            proto.as_str(),
             "transfer_refused",
             format!(
                 "{} {path} refused: {reason}",
