@@ -1048,13 +1048,7 @@ impl Tracker {
         if let Some(r) = &info.reason {
             text.push_str(&format!(": {r}"));
         }
-        d.note(
-            seq,
-            at,
-            "dhcp",
-            dhcp_kind(what),
-            text,
-        );
+        d.note(seq, at, "dhcp", dhcp_kind(what), text);
 
         let trigger = if is("DHCPDISCOVER") {
             Trigger::Discover
