@@ -2,11 +2,11 @@
 //!
 //! One record per line, on a file opened for append. Appends are batched in memory and
 //! written with one `write` per batch when the caller calls [`Journal::flush`] (the
-//! tracker does once it has drained the events waiting for it, or when a batch
-//! reaches [`BATCH_BYTES`]): at tens of thousands of events a second, one system call
-//! per record was a large share of the server's CPU. A `kill -9` loses at most the
-//! unflushed batch and never corrupts earlier lines (a torn last line is skipped on
-//! reading). The journal is generic over the record type:
+//! tracker does at most every few tens of milliseconds while records keep coming, and
+//! at once when a batch reaches [`BATCH_BYTES`]): at tens of thousands of events a
+//! second, one system call per record, or even per drained batch, was a large share of
+//! the server's CPU. A `kill -9` loses at most the unflushed batch and never corrupts
+//! earlier lines (a torn last line is skipped on reading). The journal is generic over the record type:
 //! the appliance's tracker decides what a record is (wire events, state changes,
 //! snapshots); this module only owns the files.
 //!
@@ -116,6 +116,11 @@ impl Journal {
     /// The directory holding the journal files.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// True when appended records wait for [`Journal::flush`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Bytes in the current file.

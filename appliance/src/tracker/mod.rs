@@ -53,6 +53,10 @@ pub use state::{
     StateChange, TimelineEntry, Tracker,
 };
 
+/// How long journal records may wait in memory before they are written (a `kill -9`
+/// loses at most this much of the journal; leases are in their own database).
+const FLUSH_DELAY: Duration = Duration::from_millis(25);
+
 /// One journal line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "rec", content = "data", rename_all = "snake_case")]
@@ -486,8 +490,16 @@ impl Runner {
         let (vtx, mut vrx) = mpsc::unbounded_channel::<Record>();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush_at: Option<tokio::time::Instant> = None;
         loop {
+            let flush_due = async move {
+                match flush_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = flush_due => {}
                 _ = shutdown.cancelled() => break,
                 r = rx.recv() => {
                     if !self.on_bus(r, &vtx) {
@@ -521,9 +533,20 @@ impl Runner {
                 }
             }
             self.handle.publish_views();
-            if let Err(e) = self.journal.flush() {
-                metrics::counter!("provbox_journal_errors_total").increment(1);
-                warn_limited!(error = %e, "cannot write to the journal; tracking continues in memory");
+            // Write the journal once records have waited FLUSH_DELAY: under load that
+            // is one write per many batches, and a quiet tracker still writes promptly.
+            if !self.journal.has_pending() {
+                flush_at = None;
+            } else {
+                let now = tokio::time::Instant::now();
+                let due = *flush_at.get_or_insert(now + FLUSH_DELAY);
+                if now >= due {
+                    flush_at = None;
+                    if let Err(e) = self.journal.flush() {
+                        metrics::counter!("provbox_journal_errors_total").increment(1);
+                        warn_limited!(error = %e, "cannot write to the journal; tracking continues in memory");
+                    }
+                }
             }
         }
         // Record what the servers published before they stopped.
