@@ -93,13 +93,11 @@ impl HttpServer {
         } else {
             Proto::Http
         };
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| HttpError::Bind {
-                proto,
-                addr,
-                source,
-            })?;
+        let listener = crate::listen::tcp(addr).map_err(|source| HttpError::Bind {
+            proto,
+            addr,
+            source,
+        })?;
         Ok(HttpServer {
             listener,
             tls: tls.map(tokio_rustls::TlsAcceptor::from),

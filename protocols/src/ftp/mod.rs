@@ -155,12 +155,10 @@ impl FtpServer {
             None => None,
         };
         let accounts = Arc::new(Accounts::from_config(cfg, upload.is_some())?);
-        let listener = TcpListener::bind(cfg.bind)
-            .await
-            .map_err(|source| FtpError::Bind {
-                addr: cfg.bind,
-                source,
-            })?;
+        let listener = crate::listen::tcp(cfg.bind).map_err(|source| FtpError::Bind {
+            addr: cfg.bind,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| FtpError::Io {
             addr: cfg.bind,
             source,
