@@ -11,7 +11,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use provbox_storage::mapped;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -35,34 +35,21 @@ impl SendfileStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Option<Poll<io::Result<usize>>> {
-        if !mapped::is_mapped(buf) {
-            return None;
-        }
+        let slice = mapped::lookup(buf)?;
         Some(loop {
-            if let Err(e) = ready_or_pending(self.inner.poll_write_ready(cx)) {
-                break e;
+            match self.inner.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
             }
-            let r = self.inner.try_io(Interest::WRITABLE, || {
-                // Unmapped in between is impossible while `buf` is borrowed (the
-                // mapping lives as long as any slice of it); treat it as a plain
-                // short write of nothing rather than trusting that.
-                mapped::send_mapped(&self.inner, buf)
-                    .unwrap_or_else(|| Err(io::Error::other("store mapping vanished")))
-            });
-            match r {
+            match self
+                .inner
+                .try_io(Interest::WRITABLE, || slice.send(&self.inner))
+            {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => break Poll::Ready(r),
             }
         })
-    }
-}
-
-/// `Ok(())` when ready, `Err(poll)` with the poll to return otherwise.
-fn ready_or_pending(p: Poll<io::Result<()>>) -> Result<(), Poll<io::Result<usize>>> {
-    match p {
-        Poll::Ready(Ok(())) => Ok(()),
-        Poll::Ready(Err(e)) => Err(Poll::Ready(Err(e))),
-        Poll::Pending => Err(Poll::Pending),
     }
 }
 
@@ -102,12 +89,12 @@ impl AsyncWrite for SendfileStream {
         }
         // Copy-write the leading unmapped buffers (a response head, small bodies) in
         // one `writev`, stopping before a mapped one so it is not copied.
-        let end = bufs
+        // (`bufs[0]` was just found unmapped.)
+        let end = bufs[1..]
             .iter()
             .position(|b| mapped::is_mapped(b))
-            .unwrap_or(bufs.len());
-        let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..end]))?;
-        Poll::Ready(Ok(n))
+            .map_or(bufs.len(), |p| p + 1);
+        Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..end])
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -69,9 +69,28 @@ pub(crate) fn map_blob(file: File) -> std::io::Result<Bytes> {
     Ok(Bytes::from_owner(MappedBlob { map, start }))
 }
 
-/// The blob file behind `slice` and the slice's offset in it, when the slice lies
-/// wholly inside a live mapping.
-fn file_behind(slice: &[u8]) -> Option<(Arc<File>, u64)> {
+/// A slice found inside a live mapping: where its bytes are in the blob file.
+#[derive(Debug)]
+pub struct MappedSlice {
+    file: Arc<File>,
+    offset: i64,
+    len: usize,
+}
+
+impl MappedSlice {
+    /// Sends the slice to `socket` with one `sendfile(2)` call: bytes sent, possibly
+    /// fewer than the slice (`WouldBlock` on a full non-blocking socket).
+    pub fn send(&self, socket: impl AsFd) -> std::io::Result<usize> {
+        let mut off = self.offset;
+        let n = nix::sys::sendfile::sendfile(socket, self.file.as_fd(), Some(&mut off), self.len)
+            .map_err(std::io::Error::from)?;
+        SENT.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// The blob file behind `slice`, when the slice lies wholly inside a live mapping.
+pub fn lookup(slice: &[u8]) -> Option<MappedSlice> {
     if slice.is_empty() {
         return None;
     }
@@ -81,27 +100,25 @@ fn file_behind(slice: &[u8]) -> Option<(Arc<File>, u64)> {
     let inside = addr
         .checked_add(slice.len())
         .is_some_and(|end| end <= start + len);
-    inside.then(|| (file.clone(), (addr - start) as u64))
+    if !inside {
+        return None;
+    }
+    Some(MappedSlice {
+        file: file.clone(),
+        offset: i64::try_from(addr - start).ok()?,
+        len: slice.len(),
+    })
 }
 
-/// True when [`send_mapped`] would send `slice` without copying it.
+/// True when `slice` lies inside a mapped blob (and can be sent without a copy).
 pub fn is_mapped(slice: &[u8]) -> bool {
-    file_behind(slice).is_some()
+    lookup(slice).is_some()
 }
 
 /// Sends `slice` to `socket` with `sendfile(2)` when it lies inside a mapped blob:
-/// `None` when it does not (write it the usual way), else the result of one
-/// `sendfile` call (bytes sent, possibly fewer than asked; `WouldBlock` on a full
-/// non-blocking socket).
+/// `None` when it does not (write it the usual way), else [`MappedSlice::send`]'s result.
 pub fn send_mapped(socket: impl AsFd, slice: &[u8]) -> Option<std::io::Result<usize>> {
-    let (file, offset) = file_behind(slice)?;
-    let mut off = i64::try_from(offset).ok()?;
-    let r = nix::sys::sendfile::sendfile(socket, file.as_fd(), Some(&mut off), slice.len())
-        .map_err(std::io::Error::from);
-    if let Ok(n) = r {
-        SENT.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    Some(r)
+    Some(lookup(slice)?.send(socket))
 }
 
 #[cfg(test)]
@@ -146,7 +163,7 @@ mod tests {
     #[test]
     fn the_entry_goes_with_the_last_reference() {
         let (_d, b) = blob(&[7u8; 100_000]);
-        let file = Arc::downgrade(&file_behind(&b).unwrap().0);
+        let file = Arc::downgrade(&lookup(&b).unwrap().file);
         let part = b.slice(10..20);
         drop(b);
         assert!(is_mapped(&part), "a live slice keeps the mapping");

@@ -505,20 +505,8 @@ impl Runner {
                     if !self.on_bus(r, &vtx) {
                         break;
                     }
-                    // Take whatever else is already waiting, then write the journal
-                    // once for the whole batch.
-                    let mut closed = false;
-                    for _ in 0..1024 {
-                        match rx.try_recv() {
-                            Ok(ev) => { self.on_bus(Ok(ev), &vtx); }
-                            Err(broadcast::error::TryRecvError::Empty) => break,
-                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                                self.on_bus(Err(broadcast::error::RecvError::Lagged(n)), &vtx);
-                            }
-                            Err(broadcast::error::TryRecvError::Closed) => { closed = true; break; }
-                        }
-                    }
-                    if closed {
+                    // Take whatever else is already waiting, as one batch.
+                    if !self.drain_waiting(&mut rx, &vtx, 1024) {
                         break;
                     }
                 },
@@ -550,17 +538,7 @@ impl Runner {
             }
         }
         // Record what the servers published before they stopped.
-        for _ in 0..65_536 {
-            match rx.try_recv() {
-                Ok(ev) => {
-                    self.on_bus(Ok(ev), &vtx);
-                }
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    self.on_bus(Err(broadcast::error::RecvError::Lagged(n)), &vtx);
-                }
-                Err(_) => break,
-            }
-        }
+        self.drain_waiting(&mut rx, &vtx, 65_536);
         // End with a snapshot: the restart starts from it, with this feed numbering.
         self.handle.publish_views();
         let snapshot = self.snapshot();
@@ -580,6 +558,29 @@ impl Runner {
             feed_seq: self.handle.feed_seq(),
             fleet: Box::new(t.fleet().clone()),
         }
+    }
+
+    /// Handles up to `max` events already waiting on the bus, without waiting for
+    /// more; false when the bus is closed.
+    fn drain_waiting(
+        &mut self,
+        rx: &mut broadcast::Receiver<Arc<WireEvent>>,
+        vtx: &mpsc::UnboundedSender<Record>,
+        max: usize,
+    ) -> bool {
+        use broadcast::error::{RecvError, TryRecvError};
+        for _ in 0..max {
+            let r = match rx.try_recv() {
+                Ok(ev) => Ok(ev),
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => break,
+            };
+            if !self.on_bus(r, vtx) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Handles one receive from the bus; false when the bus is closed.
