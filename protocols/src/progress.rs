@@ -2,7 +2,8 @@
 //!
 //! A [`Transfer`] publishes `TransferStarted` when created, rate-limited
 //! `TransferProgress` as bytes are delivered, and exactly one of `TransferFinished` or
-//! `TransferAborted`. Dropping it without finishing counts as an abort, so a client
+//! `TransferAborted`. The end events carry the final byte count, so no progress event
+//! is sent for the last bytes: a small file costs two events, not three. Dropping it without finishing counts as an abort, so a client
 //! that vanishes mid-download is always recorded. [`CountingReader`] wraps an
 //! `AsyncRead` for protocols that stream (FTP): EOF finishes, drop aborts.
 
@@ -100,6 +101,10 @@ impl Transfer {
             metrics::counter!("provbox_bytes_served_total", "proto" => self.proto.as_str())
                 .increment(delta);
         }
+        // Everything is delivered: the end event that follows carries the count.
+        if self.bytes >= self.size {
+            return;
+        }
         let step = (self.size * PROGRESS_PERCENT / 100).max(1);
         if self.last_emit.elapsed() >= PROGRESS_INTERVAL
             || self.bytes - self.last_emit_bytes >= step
@@ -125,7 +130,6 @@ impl Transfer {
 
     /// The transfer delivered everything it meant to.
     pub fn finish(mut self) {
-        self.emit_progress();
         self.ended = true;
         metrics::counter!("provbox_transfers_total", "proto" => self.proto.as_str(), "result" => "finished").increment(1);
         self.bus.publish(EventKind::TransferFinished {
@@ -147,7 +151,6 @@ impl Transfer {
         if self.ended {
             return;
         }
-        self.emit_progress();
         self.ended = true;
         metrics::counter!("provbox_transfers_total", "proto" => self.proto.as_str(), "result" => "aborted").increment(1);
         self.bus.publish(EventKind::TransferAborted {

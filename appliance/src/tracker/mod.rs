@@ -110,13 +110,14 @@ pub struct FeedItem {
     body: FeedBody,
 }
 
-/// A feed item's payload. Wire events are kept as they are and encoded the first
-/// time a subscriber reads one: with nobody watching, a busy server never spends CPU
+/// A feed item's payload. Wire events and state changes are kept as they are and
+/// encoded the first time a subscriber reads one: with nobody watching, a busy server never spends CPU
 /// on JSON nobody reads.
 #[derive(Debug)]
 enum FeedBody {
     Json(String),
     Wire(Arc<WireEvent>, OnceLock<String>),
+    State(StateChange, OnceLock<String>),
 }
 
 impl FeedItem {
@@ -126,6 +127,9 @@ impl FeedItem {
             FeedBody::Json(s) => s,
             FeedBody::Wire(ev, json) => {
                 json.get_or_init(|| serde_json::to_string(&**ev).unwrap_or_default())
+            }
+            FeedBody::State(c, json) => {
+                json.get_or_init(|| serde_json::to_string(c).unwrap_or_default())
             }
         }
     }
@@ -387,7 +391,7 @@ impl TrackerHandle {
             feed.push_body("wire", FeedBody::Wire(ev.clone(), OnceLock::new()));
         }
         for c in &changes {
-            feed.push("state", serde_json::to_string(c).unwrap_or_default());
+            feed.push_body("state", FeedBody::State(c.clone(), OnceLock::new()));
         }
         feed.dirty.extend(touched);
         drop(feed);
@@ -638,6 +642,10 @@ impl Runner {
         let checks = lock(&self.handle.inner.tracker).take_config_checks();
         for check in checks {
             if let Some(system_type) = self.system_types.get(&check.sha256) {
+                if lock(&self.handle.inner.tracker).verdict_is_noop(&check, system_type.as_deref())
+                {
+                    continue;
+                }
                 let _ = verdicts.send(Record::Verdict {
                     check,
                     system_type: system_type.clone(),

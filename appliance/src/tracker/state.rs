@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use provbox_config::TrackerConfig;
@@ -428,27 +429,60 @@ pub struct Tracker {
 
 /// `1.5 MiB`-style sizes for people (timeline notes, the CLI).
 pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+    HumanBytes(n).to_string()
+}
+
+/// A size for people, formatted in place: a timeline note is written into one buffer,
+/// not one string per number. Integer arithmetic with ties to even, which gives the
+/// same text as `{:.1}` of the exact quotient (and skips float formatting, a visible
+/// cost of every tracked transfer).
+pub(crate) struct HumanBytes(pub u64);
+
+impl std::fmt::Display for HumanBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let n = self.0;
+        let mut u = 0;
+        while u < UNITS.len() - 1 && n >> (10 * (u + 1)) > 0 {
+            u += 1;
+        }
+        if u == 0 {
+            return write!(f, "{n} B");
+        }
+        let div = 1u128 << (10 * u);
+        let scaled = n as u128 * 10;
+        let (mut tenths, rem) = (scaled / div, scaled % div);
+        if rem * 2 > div || (rem * 2 == div && tenths % 2 == 1) {
+            tenths += 1;
+        }
+        write!(f, "{}.{} {}", tenths / 10, tenths % 10, UNITS[u])
     }
 }
 
-fn human_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else if ms < 120_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    } else {
-        format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000)
+/// A duration for people, formatted in place (see [`HumanBytes`]).
+struct HumanMs(u64);
+
+impl std::fmt::Display for HumanMs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0;
+        if ms < 1000 {
+            write!(f, "{ms} ms")
+        } else if ms < 120_000 {
+            let tenths = (ms + 50) / 100;
+            write!(f, "{}.{} s", tenths / 10, tenths % 10)
+        } else {
+            write!(f, "{} min {} s", ms / 60_000, (ms % 60_000) / 1000)
+        }
+    }
+}
+
+/// The protocol's name in capitals, for notes.
+fn proto_upper(p: Proto) -> &'static str {
+    match p {
+        Proto::Tftp => "TFTP",
+        Proto::Ftp => "FTP",
+        Proto::Http => "HTTP",
+        Proto::Https => "HTTPS",
     }
 }
 
@@ -1305,28 +1339,26 @@ impl Tracker {
             rate_bps: 0.0,
             past_check: resumed && s.offset > check_bytes,
         };
-        let range = if s.offset > 0 || s.size < s.file_size {
-            format!(
+        // One buffer for the whole note (this runs for every request served).
+        let mut text = String::with_capacity(96);
+        let _ = write!(text, "{} ", proto_upper(s.proto));
+        if s.path.trim_start_matches('/') == s.file {
+            text.push_str(s.file);
+        } else {
+            let _ = write!(text, "{} → {}", s.path, s.file);
+        }
+        let _ = if s.offset > 0 || s.size < s.file_size {
+            write!(
+                text,
                 ", bytes {}-{} of {}",
                 s.offset,
                 (s.offset + s.size).saturating_sub(1),
-                human_bytes(s.file_size)
+                HumanBytes(s.file_size)
             )
         } else {
-            format!(", {}", human_bytes(s.file_size))
+            write!(text, ", {}", HumanBytes(s.file_size))
         };
-        let shown = if s.path.trim_start_matches('/') == s.file {
-            s.file.to_string()
-        } else {
-            format!("{} → {}", s.path, s.file)
-        };
-        d.note(
-            seq,
-            at,
-            proto_source(s.proto),
-            "transfer_started",
-            format!("{} {shown}{range}", s.proto.to_string().to_uppercase()),
-        );
+        d.note(seq, at, proto_source(s.proto), "transfer_started", text);
         d.unstall(Trigger::Transfer, seq, at, out);
         let past_check = a.past_check;
         d.newest_transfer = d.newest_transfer.max(s.id);
@@ -1447,6 +1479,15 @@ impl Tracker {
         };
         a.bytes = a.bytes.max(bytes);
         d.unstall(Trigger::Transfer, seq, at, out);
+        // No progress event precedes an end event for the last bytes (it carries the
+        // count), so a read that crossed the header-check size is a download here, as
+        // `on_progress` would have said.
+        if a.kind == FileKind::Firmware && !a.past_check && a.offset + a.bytes > check_bytes {
+            a.past_check = true;
+            if !matches!(d.state, PhoneState::Recovery | PhoneState::FirmwareDownload) {
+                d.set_state(PhoneState::FirmwareDownload, None, seq, at, out);
+            }
+        }
         let delivered = a.offset + a.bytes;
         let prefix = d.add_prefix(&a, a.bytes);
         let proto = a.proto.as_str();
@@ -1462,10 +1503,10 @@ impl Tracker {
                     format!(
                         "{} delivered {} of {} in {} ({}/s), sha256 {}",
                         a.file,
-                        human_bytes(a.bytes),
-                        human_bytes(a.file_size),
-                        human_ms(duration_ms),
-                        human_bytes(rate),
+                        HumanBytes(a.bytes),
+                        HumanBytes(a.file_size),
+                        HumanMs(duration_ms),
+                        HumanBytes(rate),
                         a.sha256.get(..12).unwrap_or(&a.sha256)
                     ),
                 );
@@ -1548,8 +1589,8 @@ impl Tracker {
                     format!(
                         "{} {what} after {} of {}: {reason}",
                         a.file,
-                        human_bytes(a.bytes),
-                        human_bytes(a.file_size)
+                        HumanBytes(a.bytes),
+                        HumanBytes(a.file_size)
                     ),
                 );
                 if superseded {
@@ -1571,8 +1612,8 @@ impl Tracker {
                                 "firmware download of {} aborted at {:.0} % ({} of {}): {reason}",
                                 a.file,
                                 pct(delivered, a.file_size),
-                                human_bytes(delivered),
-                                human_bytes(a.file_size)
+                                HumanBytes(delivered),
+                                HumanBytes(a.file_size)
                             );
                             d.set_state(PhoneState::Failed, Some(r), seq, at, out);
                         }
@@ -1580,7 +1621,7 @@ impl Tracker {
                             let r = format!(
                                 "config {} aborted after {}: {reason}",
                                 a.file,
-                                human_bytes(a.bytes)
+                                HumanBytes(a.bytes)
                             );
                             d.set_state(PhoneState::Failed, Some(r), seq, at, out);
                         }
@@ -1614,10 +1655,7 @@ impl Tracker {
             at,
             proto.as_str(),
             "transfer_refused",
-            format!(
-                "{} {path} refused: {reason}",
-                proto.to_string().to_uppercase()
-            ),
+            format!("{} {path} refused: {reason}", proto_upper(proto)),
         );
         if kind == FileKind::Config && d.state != PhoneState::Recovery {
             d.set_state(
@@ -1642,26 +1680,39 @@ impl Tracker {
     ) -> Vec<StateChange> {
         let mut out = Vec::new();
         self.fleet.now_ms = self.fleet.now_ms.max(at);
-        let Some(d) = self.fleet.devices.get_mut(&check.key) else {
+        let Some(r) = self.rejection(check, system_type) else {
             return out;
         };
-        let Some(t) = system_type else { return out };
-        let Some(model) = d.model.clone() else {
-            return out;
-        };
-        let current = d
-            .last_config
-            .as_ref()
-            .is_some_and(|(_, sha)| *sha == check.sha256);
-        if !same_model(t, &model) && current && d.state == PhoneState::Provisioned {
-            let r = format!(
-                "the served config {} says system/type={t} but this phone is a {model}: the phone discards it",
-                check.file
-            );
+        if let Some(d) = self.fleet.devices.get_mut(&check.key) {
             d.set_state(PhoneState::ConfigRejected, Some(r), 0, at, &mut out);
             self.touch(&check.key);
         }
         out
+    }
+
+    /// True when [`Self::config_verdict`] would change nothing now: no `system/type`,
+    /// no known model, a matching one, or a config that is no longer current. The
+    /// runner does not journal such a verdict (its replay would change nothing either),
+    /// which keeps a phone that re-reads its config in a loop at two records a fetch.
+    pub fn verdict_is_noop(&self, check: &ConfigCheck, system_type: Option<&str>) -> bool {
+        self.rejection(check, system_type).is_none()
+    }
+
+    /// Why the phone discards the config `check` saying `system_type`, if it does.
+    fn rejection(&self, check: &ConfigCheck, system_type: Option<&str>) -> Option<String> {
+        let d = self.fleet.devices.get(&check.key)?;
+        let t = system_type?;
+        let model = d.model.as_deref()?;
+        let current = d
+            .last_config
+            .as_ref()
+            .is_some_and(|(_, sha)| *sha == check.sha256);
+        (!same_model(t, model) && current && d.state == PhoneState::Provisioned).then(|| {
+            format!(
+                "the served config {} says system/type={t} but this phone is a {model}: the phone discards it",
+                check.file
+            )
+        })
     }
 
     /// The phones a tick at `now_ms` would mark stalled, with why.
@@ -1680,7 +1731,7 @@ impl Tracker {
                     (now_ms.saturating_sub(last) >= stall_after).then(|| {
                         let p = d.progress();
                         let at = p.map(|p| format!(" at {:.0} % of {}", p.pct, p.file)).unwrap_or_default();
-                        (StallKind::Transfer, format!("no progress for {}{at}", human_ms(now_ms.saturating_sub(last))))
+                        (StallKind::Transfer, format!("no progress for {}{at}", HumanMs(now_ms.saturating_sub(last))))
                     })
                 }
                 PhoneState::Burning => d.burn.as_ref().and_then(|b| {
@@ -1690,8 +1741,8 @@ impl Tracker {
                             StallKind::Burn,
                             format!(
                                 "image delivered {} ago (expected burn {}); the phone has not come back on DHCP",
-                                human_ms(elapsed),
-                                human_ms(b.expected_ms)
+                                HumanMs(elapsed),
+                                HumanMs(b.expected_ms)
                             ),
                         )
                     })
@@ -1702,7 +1753,7 @@ impl Tracker {
                     let idle = now_ms.saturating_sub(d.last_seen_ms);
                     (idle >= stall_after).then(|| {
                         let last = d.last_event.clone().unwrap_or_default();
-                        (StallKind::Idle, format!("nothing for {} since: {last}", human_ms(idle)))
+                        (StallKind::Idle, format!("nothing for {} since: {last}", HumanMs(idle)))
                     })
                 }
                 _ => None,

@@ -547,6 +547,10 @@ fn a_config_for_another_model_is_rejected() {
             .is_empty()
     );
     assert!(s.t.config_verdict(&checks[0], None, s.now).is_empty());
+    // The runner skips journaling exactly the verdicts that change nothing.
+    assert!(s.t.verdict_is_noop(&checks[0], Some("uc450hd")));
+    assert!(s.t.verdict_is_noop(&checks[0], None));
+    assert!(!s.t.verdict_is_noop(&checks[0], Some("445HD")));
     let c = s.t.config_verdict(&checks[0], Some("445HD"), s.now);
     assert_eq!(c[0].to, S::ConfigRejected);
     assert!(s.view(MAC).reason.unwrap().contains("system/type=445HD"));
@@ -1172,4 +1176,72 @@ async fn a_delivered_config_for_another_model_is_checked_by_the_runner() {
         .unwrap();
     assert!(v.reason.unwrap().contains("445HD"));
     stop.cancel();
+}
+
+#[test]
+fn human_sizes_match_the_exact_quotient_rounded_to_one_decimal() {
+    use super::state::human_bytes;
+    // The reference: `{:.1}` of the exact quotient (exact in f64 below 2^53), which
+    // rounds ties to even.
+    fn reference(n: u64) -> String {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let (mut v, mut u) = (n as f64, 0);
+        while v >= 1024.0 && u < UNITS.len() - 1 {
+            v /= 1024.0;
+            u += 1;
+        }
+        if u == 0 {
+            format!("{n} B")
+        } else {
+            format!("{v:.1} {}", UNITS[u])
+        }
+    }
+    let mut cases = vec![
+        0,
+        1,
+        1023,
+        1024,
+        1075,
+        1076,
+        1280,
+        1331,
+        20 << 20,
+        (1 << 20) - 1,
+    ];
+    cases.extend((0..5000u64).map(|i| i * 977 + 3));
+    cases.extend([1u64 << 40, (1 << 40) * 3 / 2, (1 << 50) + 12345]);
+    for n in cases {
+        assert_eq!(human_bytes(n), reference(n), "{n} bytes");
+    }
+    assert_eq!(human_bytes(1280), "1.2 KiB", "a tie rounds to even");
+    assert_eq!(human_bytes(20 << 20), "20.0 MiB");
+}
+
+/// The protocols send no progress event for a transfer's last bytes (the end event
+/// carries them): an image delivered in one go is still a download, then a burn.
+#[test]
+fn an_image_finished_without_progress_events_is_a_download_then_a_burn() {
+    let mut s = Sim::new();
+    s.dora(MAC, "127.77.0.11", &[1, 3, 6, 66, 67, 160]);
+    s.start(
+        1,
+        Proto::Http,
+        "127.77.0.11",
+        "/450HD.img",
+        IMG,
+        MB10,
+        (0, MB10),
+        Some(UC_UA),
+    );
+    s.finish(1, MB10);
+    assert_eq!(
+        s.path(MAC),
+        vec![
+            S::Discovered,
+            S::Leased,
+            S::FirmwareCheck,
+            S::FirmwareDownload,
+            S::Burning
+        ]
+    );
 }
