@@ -104,7 +104,11 @@ pub enum EventKind {
         offset: u64,
         size: u64,
         sha256: String,
+        /// Absent keys are `None` (a journal line per request is the tracker's main
+        /// disk cost under load).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         user_agent: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         tftp: Option<TftpOptions>,
     },
     /// Bytes delivered so far (acknowledged, for TFTP). Rate-limited.

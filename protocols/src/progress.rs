@@ -36,6 +36,8 @@ pub struct Transfer {
     last_emit_bytes: u64,
     retransmits: u64,
     ended: bool,
+    /// Looked up once: a registry lookup per chunk was a visible cost of big transfers.
+    bytes_served: metrics::Counter,
 }
 
 /// What is known when a transfer starts.
@@ -82,6 +84,7 @@ impl Transfer {
             last_emit_bytes: 0,
             retransmits: 0,
             ended: false,
+            bytes_served: metrics::counter!("provbox_bytes_served_total", "proto" => s.proto.as_str()),
         }
     }
 
@@ -98,8 +101,7 @@ impl Transfer {
         let delta = total.saturating_sub(self.bytes);
         self.bytes = self.bytes.max(total);
         if delta > 0 {
-            metrics::counter!("provbox_bytes_served_total", "proto" => self.proto.as_str())
-                .increment(delta);
+            self.bytes_served.increment(delta);
         }
         // Everything is delivered: the end event that follows carries the count.
         if self.bytes >= self.size {

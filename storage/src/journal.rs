@@ -173,7 +173,15 @@ impl Journal {
         let mut line = serde_json::to_vec(first)?;
         line.push(b'\n');
         self.flush()?;
-        let _ = self.file.sync_all();
+        // The finished file is made durable off this thread: a synchronous fsync of
+        // tens of MiB stalled the tracker (and the async worker it runs on) for as long
+        // as the disk took. Until it completes the file is as safe as any journal write:
+        // in the page cache, which a `kill -9` does not lose.
+        if let Ok(f) = self.file.try_clone() {
+            std::thread::spawn(move || {
+                let _ = f.sync_all();
+            });
+        }
         let keep = self.opts.keep;
         if keep == 0 {
             let path = self.dir.join(CURRENT);

@@ -5,14 +5,16 @@
 //! - [`attribution`]: which phone a transfer belongs to;
 //! - [`ua`]: what User-Agents say;
 //! - this module: the runner task ([`spawn`]) that subscribes to the bus, journals every
-//!   event and state change, rebuilds from the journal at start-up, checks delivered
+//!   event, rebuilds from the journal at start-up, checks delivered
 //!   configs against the phone's model, and publishes a resumable feed (for SSE).
 //!
 //! # The journal and rebuilding
 //!
 //! Records are [`Record`]s, one JSON line each. Replaying `Event`, `Verdict` and `Tick`
-//! records through the tracker reproduces it exactly (it is deterministic); `Change`
-//! records are what the replay regenerates, kept for people and tools reading the file.
+//! records through the tracker reproduces it exactly (it is deterministic), state
+//! changes included, so those are not written: they were a third of the journal's bytes
+//! under load, and the API, the feed and each phone's timeline have them. (Journals
+//! written before that hold `Change` lines, which a replay skips.)
 //! Each rotated file starts with a `Snapshot` of the whole fleet, so a rebuild starts
 //! from the newest snapshot and never needs a file rotation dropped.
 //!
@@ -62,6 +64,7 @@ const FLUSH_DELAY: Duration = Duration::from_millis(25);
 #[serde(tag = "rec", content = "data", rename_all = "snake_case")]
 pub enum Record {
     Event(Arc<WireEvent>),
+    /// A state change; no longer written (a replay regenerates it), still read.
     Change(StateChange),
     /// A delivered config's `system/type`, read by the runner.
     Verdict {
@@ -364,8 +367,9 @@ impl TrackerHandle {
     }
 
     /// Applies one record and emits the feed (device views are marked for the next
-    /// [`Self::publish_views`]). Used by the runner and by the replay.
-    fn process(&self, rec: &Record, index: &provbox_storage::Index) -> Vec<StateChange> {
+    /// [`Self::publish_views`]); returns the states entered. Used by the runner and by
+    /// the replay.
+    fn process(&self, rec: &Record, index: &provbox_storage::Index) -> Vec<PhoneState> {
         let mut t = lock(&self.inner.tracker);
         let changes = match rec {
             Record::Event(ev) => t.apply(ev, index),
@@ -386,20 +390,27 @@ impl TrackerHandle {
             }
         };
         let touched = t.take_touched();
+        // Copies only for `subscribe_changes` listeners; the feed takes the originals.
+        let copies = if self.inner.changes.receiver_count() > 0 {
+            changes.clone()
+        } else {
+            Vec::new()
+        };
+        let targets = changes.iter().map(|c| c.to).collect();
         let mut feed = lock(&self.inner.feed);
         if let Record::Event(ev) = rec {
             feed.push_body("wire", FeedBody::Wire(ev.clone(), OnceLock::new()));
         }
-        for c in &changes {
-            feed.push_body("state", FeedBody::State(c.clone(), OnceLock::new()));
+        for c in changes {
+            feed.push_body("state", FeedBody::State(c, OnceLock::new()));
         }
         feed.dirty.extend(touched);
         drop(feed);
         drop(t);
-        for c in &changes {
-            let _ = self.inner.changes.send(c.clone());
+        for c in copies {
+            let _ = self.inner.changes.send(c);
         }
-        changes
+        targets
     }
 }
 
@@ -470,6 +481,7 @@ pub fn spawn(
         journal,
         skip_until: last_seq,
         system_types: HashMap::new(),
+        transitions: HashMap::new(),
     };
     tokio::spawn(runner.run(rx, shutdown));
     Ok(handle)
@@ -483,6 +495,8 @@ struct Runner {
     /// `system/type` by config content hash: a version's verdict never changes, and a
     /// config fetched thousands of times is read once.
     system_types: HashMap<String, Option<String>>,
+    /// Transition counters by target state, looked up once each.
+    transitions: HashMap<PhoneState, metrics::Counter>,
 }
 
 impl Runner {
@@ -634,10 +648,13 @@ impl Runner {
         }
         let index = self.store.index();
         let changes = self.handle.process(&rec, &index);
-        for c in changes {
-            metrics::counter!("provbox_tracker_transitions_total", "to" => c.to.as_str())
+        for to in changes {
+            self.transitions
+                .entry(to)
+                .or_insert_with(
+                    || metrics::counter!("provbox_tracker_transitions_total", "to" => to.as_str()),
+                )
                 .increment(1);
-            self.append(&Record::Change(c));
         }
         let checks = lock(&self.handle.inner.tracker).take_config_checks();
         for check in checks {

@@ -781,7 +781,7 @@ impl Device {
 
     fn record_file(
         &mut self,
-        a: &Active,
+        a: Active,
         bytes: u64,
         duration_ms: u64,
         result: &str,
@@ -793,11 +793,11 @@ impl Device {
         self.files.push_back(FileRecord {
             transfer_id: a.id,
             proto: a.proto,
-            path: a.path.clone(),
-            file: a.file.clone(),
+            path: a.path,
+            file: a.file,
             kind: a.kind,
-            sha256: a.sha256.clone(),
-            version: a.version.clone(),
+            sha256: a.sha256,
+            version: a.version,
             offset: a.offset,
             bytes,
             file_size: a.file_size,
@@ -1261,14 +1261,12 @@ impl Tracker {
         let ua = user_agent.and_then(ua::parse);
         let by_path = mac_in_path(path);
         let by_ua = ua.as_ref().and_then(|u| u.mac.clone());
-        let key = if let Some(m) = by_path.clone().or(by_ua.clone()) {
+        // The address as the lease table's key, formatted once (this runs per request).
+        let ip_s = ip.to_string();
+        let leased = self.fleet.leases.contains_key(&ip_s);
+        let key = if let Some(m) = by_path.or(by_ua.clone()) {
             m
-        } else if let Some(m) = self
-            .fleet
-            .leases
-            .get(&ip.to_string())
-            .or(self.fleet.hints.get(&ip.to_string()))
-        {
+        } else if let Some(m) = self.fleet.leases.get(&ip_s).or(self.fleet.hints.get(&ip_s)) {
             m.clone()
         } else {
             ip_key(&ip)
@@ -1276,12 +1274,11 @@ impl Tracker {
         // A MAC the phone itself sent, from an address no lease explains: remember it,
         // so its TFTP and FTP requests (which carry no identity) find it too.
         if let Some(m) = &by_ua
-            && !self.fleet.leases.contains_key(&ip.to_string())
+            && !leased
         {
-            self.fleet.hints.insert(ip.to_string(), m.clone());
+            self.fleet.hints.insert(ip_s, m.clone());
         }
         let is_mac = !key.starts_with("ip:");
-        let leased = self.fleet.leases.contains_key(&ip.to_string());
         let d = self.device_mut(&key, at);
         if is_mac {
             d.mac = Some(key.clone());
@@ -1493,7 +1490,6 @@ impl Tracker {
         let proto = a.proto.as_str();
         match abort {
             None => {
-                d.record_file(&a, a.bytes, duration_ms, "finished", None);
                 let rate = (a.bytes * 1000).checked_div(duration_ms).unwrap_or(0);
                 d.note(
                     seq,
@@ -1565,7 +1561,6 @@ impl Tracker {
                 }
             }
             Some(reason) => {
-                d.record_file(&a, a.bytes, duration_ms, "aborted", Some(reason.clone()));
                 let header =
                     a.kind == FileKind::Firmware && delivered <= check_bytes && !a.past_check;
                 // The phone started another request before this one was seen to end:
@@ -1630,6 +1625,13 @@ impl Tracker {
                 }
             }
         }
+        // Last, so the record takes the transfer's strings instead of copies.
+        let (result, reason) = match abort {
+            None => ("finished", None),
+            Some(r) => ("aborted", Some(r.clone())),
+        };
+        let bytes = a.bytes;
+        d.record_file(a, bytes, duration_ms, result, reason);
         let _ = index;
         self.touch(&key);
     }
