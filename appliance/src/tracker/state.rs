@@ -1395,7 +1395,16 @@ impl Tracker {
                 {
                     d.set_firmware(v, FirmwareSource::ImageName);
                 }
-                d.set_state(PhoneState::ConfigDownload, None, seq, at, out);
+                // A provisioned phone re-reading the very config it has (a periodic
+                // check, or a client polling) stays provisioned: the timeline shows the
+                // read, and the journey does not flap through `config_download`.
+                let rereading = d.state == PhoneState::Provisioned
+                    && d.last_config
+                        .as_ref()
+                        .is_some_and(|(f, sha)| f == s.file && sha == s.sha256);
+                if !rereading {
+                    d.set_state(PhoneState::ConfigDownload, None, seq, at, out);
+                }
             }
             FileKind::Other => {}
         }

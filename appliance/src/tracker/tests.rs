@@ -1245,3 +1245,51 @@ fn an_image_finished_without_progress_events_is_a_download_then_a_burn() {
         ]
     );
 }
+
+/// A provisioned phone re-reading the config it has stays provisioned (the read is in
+/// its timeline); a changed config is a new config download.
+#[test]
+fn rereading_the_same_config_does_not_restart_the_journey() {
+    let mut s = Sim::new();
+    let ip = "127.77.0.12";
+    s.upgrade(MAC, ip);
+    let cfg = format!("{}.cfg", MAC.replace(':', ""));
+    let before = s.path(MAC).len();
+    let notes = s.t.device(MAC).unwrap().timeline.len();
+    for id in 10..13 {
+        s.now += 1000;
+        s.start(
+            id,
+            Proto::Http,
+            ip,
+            &format!("/{cfg}"),
+            &cfg,
+            2000,
+            (0, 2000),
+            None,
+        );
+        s.finish(id, 2000);
+    }
+    assert_eq!(s.state(MAC), S::Provisioned);
+    assert_eq!(s.path(MAC).len(), before, "{:?}", s.path(MAC));
+    let d = s.t.device(MAC).unwrap();
+    assert_eq!(d.timeline.len(), notes + 6, "each read is in the timeline");
+    // The config changed in the store: a download of new content, then provisioned.
+    s.now += 1000;
+    s.ev(EventKind::TransferStarted {
+        id: 20,
+        proto: Proto::Http,
+        peer: SocketAddr::new(ip.parse().unwrap(), 40000),
+        path: format!("/{cfg}"),
+        file: cfg.clone(),
+        file_size: 2100,
+        offset: 0,
+        size: 2100,
+        sha256: "dd33".into(),
+        user_agent: None,
+        tftp: None,
+    });
+    assert_eq!(s.state(MAC), S::ConfigDownload);
+    s.finish(20, 2100);
+    assert_eq!(s.state(MAC), S::Provisioned);
+}
