@@ -3,8 +3,9 @@
 //! A [`Transfer`] publishes `TransferStarted` when created, rate-limited
 //! `TransferProgress` as bytes are delivered, and exactly one of `TransferFinished` or
 //! `TransferAborted`. The end events carry the final byte count, so no progress event
-//! is sent for the last bytes: a small file costs two events, not three. Dropping it without finishing counts as an abort, so a client
-//! that vanishes mid-download is always recorded. [`CountingReader`] wraps an
+//! is sent for the last bytes: a small file costs two events, not three. Dropping it
+//! without finishing counts as an abort, so a client that vanishes mid-download is
+//! always recorded. [`CountingReader`] wraps an
 //! `AsyncRead` for protocols that stream (FTP): EOF finishes, drop aborts.
 
 use std::net::SocketAddr;
