@@ -369,6 +369,10 @@ struct Shared {
     index: RwLock<Arc<Index>>,
     /// Open blobs by sha256; pruned to the current index on every publish.
     open: Mutex<HashMap<String, Bytes>>,
+    /// Loads in progress by sha256. Opens of one blob wait for one load: when 500
+    /// phones asked for a new image at once, each mapped and populated its own copy
+    /// (tens of mappings, hundreds of MiB of RSS, and as many page-table fills).
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     changes: broadcast::Sender<StoreEvent>,
     control: mpsc::UnboundedSender<Msg>,
 }
@@ -399,6 +403,7 @@ impl Store {
             blobs: blobs.clone(),
             index: RwLock::new(Arc::new(Index::default())),
             open: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
             changes,
             control: control.clone(),
         });
@@ -474,9 +479,29 @@ impl Store {
             if let Some(data) = lock(&self.shared.open).get(&entry.sha256).cloned() {
                 return Ok(Snapshot { entry, data });
             }
+            let gate = lock(&self.shared.loading)
+                .entry(entry.sha256.clone())
+                .or_default()
+                .clone();
+            let _loading = gate.lock().await;
+            // Whoever held the gate before us has probably loaded it.
+            if let Some(data) = lock(&self.shared.open).get(&entry.sha256).cloned() {
+                return Ok(Snapshot { entry, data });
+            }
             let blob = self.shared.blobs.join(&entry.sha256);
             let size = entry.size;
-            match tokio::task::spawn_blocking(move || load_blob(&blob, size)).await {
+            let loaded = tokio::task::spawn_blocking(move || load_blob(&blob, size)).await;
+            // Later opens find the cache (or, if it was refused, load again themselves).
+            {
+                let mut loading = lock(&self.shared.loading);
+                if loading
+                    .get(&entry.sha256)
+                    .is_some_and(|g| Arc::ptr_eq(g, &gate))
+                {
+                    loading.remove(&entry.sha256);
+                }
+            }
+            match loaded {
                 Ok(Ok(data)) => {
                     self.remember(&entry.sha256, data.clone());
                     return Ok(Snapshot { entry, data });

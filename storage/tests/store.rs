@@ -344,3 +344,34 @@ async fn poll_mode_sees_changes_without_inotify() {
     })
     .await;
 }
+
+/// Many readers opening a new image at once share one load of its blob (one mapping),
+/// instead of each mapping and populating its own copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_opens_of_one_file_share_one_load() {
+    let d = tempfile::tempdir().unwrap();
+    let store = open_store(d.path()).await;
+    let data = bytes(4 << 20, 9);
+    write_atomic(&store.root().join("450HD_3.4.8.img"), &data);
+    eventually("image indexed", Duration::from_secs(5), || {
+        store.lookup("450HD_3.4.8.img").is_ok()
+    })
+    .await;
+    let opens: Vec<_> = (0..64)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.open("450HD_3.4.8.img").await.unwrap() })
+        })
+        .collect();
+    let mut snaps = Vec::new();
+    for o in opens {
+        snaps.push(o.await.unwrap());
+    }
+    let first = snaps[0].slice(0, 1).as_ptr();
+    let distinct = snaps
+        .iter()
+        .filter(|s| s.slice(0, 1).as_ptr() != first)
+        .count();
+    assert_eq!(distinct, 0, "64 concurrent opens made more than one copy");
+    assert_eq!(sha(&read_all(&store, "450HD_3.4.8.img").await), sha(&data));
+}
