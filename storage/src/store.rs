@@ -491,7 +491,11 @@ impl Store {
             let blob = self.shared.blobs.join(&entry.sha256);
             let size = entry.size;
             let loaded = tokio::task::spawn_blocking(move || load_blob(&blob, size)).await;
-            // Later opens find the cache (or, if it was refused, load again themselves).
+            if let Ok(Ok(data)) = &loaded {
+                self.remember(&entry.sha256, data.clone());
+            }
+            // Only now, with the blob in the cache, may a new opener pass without the
+            // gate: it finds the cache (or, if that was refused, loads again itself).
             {
                 let mut loading = lock(&self.shared.loading);
                 if loading
@@ -502,10 +506,7 @@ impl Store {
                 }
             }
             match loaded {
-                Ok(Ok(data)) => {
-                    self.remember(&entry.sha256, data.clone());
-                    return Ok(Snapshot { entry, data });
-                }
+                Ok(Ok(data)) => return Ok(Snapshot { entry, data }),
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Ok(Err(source)) => {
                     return Err(StoreError::Io {
