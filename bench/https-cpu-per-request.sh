@@ -16,24 +16,9 @@ mkdir -p "$BENCH_RUN"
 PROVBOX=${PROVBOX:-$REPO/target/release/provbox}
 [ -x "$PROVBOX" ] || (cd "$REPO" && cargo build --release -p provbox)
 OUT=$(mktemp -d /var/tmp/provbox-bench/cpr.XXXXXX)
-cat >"$OUT/provbox.toml" <<CONF
-[store]
-root = "$BENCH_STORE"
-[state]
-dir = "$OUT/state"
-[dhcp]
-enabled = false
-[tftp]
-enabled = false
-[ftp]
-enabled = false
-[http]
-enabled = false
-[https]
-bind = "127.0.0.1:20444"
-[api]
-enabled = false
-CONF
+# shellcheck source=provbox-https.sh
+source "$REPO/bench/provbox-https.sh"
+provbox_https_config "$OUT"
 "$PROVBOX" --log-level warn serve -c "$OUT/provbox.toml" 2>"$OUT/provbox.log" &
 PID=$!
 trap 'kill "$PID" 2>/dev/null || true; "$SB/peers/stop.sh" nginx >/dev/null 2>&1 || true' EXIT

@@ -22,24 +22,9 @@ echo "== nginx" >&2
 "$SB/peers/stop.sh" nginx >&2
 
 echo "== provbox" >&2
-cat >"$OUT/provbox.toml" <<CONF
-[store]
-root = "$BENCH_STORE"
-[state]
-dir = "$OUT/state"
-[dhcp]
-enabled = false
-[tftp]
-enabled = false
-[ftp]
-enabled = false
-[http]
-enabled = false
-[https]
-bind = "127.0.0.1:20444"
-[api]
-enabled = false
-CONF
+# shellcheck source=provbox-https.sh
+source "$REPO/bench/provbox-https.sh"
+provbox_https_config "$OUT"
 "$PROVBOX" --log-level warn serve -c "$OUT/provbox.toml" 2>"$OUT/provbox.log" &
 PID=$!
 echo "$PID" >"$BENCH_RUN/appliance.pid"

@@ -239,20 +239,7 @@ impl SimReport {
     }
 }
 
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
+use crate::tracker::state::human_bytes;
 
 /// Terminal progress: an overall bar (phones finished) and, for small fleets, one bar
 /// per phone showing its phase and transfer. Draws to stderr so `--json` on stdout

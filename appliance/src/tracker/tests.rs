@@ -112,6 +112,23 @@ impl Sim {
         } else {
             SHA_IMG
         };
+        self.start_sha(id, proto, ip, path, file, size, range, ua, sha);
+    }
+
+    /// [`Sim::start`] of a given content version.
+    #[allow(clippy::too_many_arguments)]
+    fn start_sha(
+        &mut self,
+        id: u64,
+        proto: Proto,
+        ip: &str,
+        path: &str,
+        file: &str,
+        size: u64,
+        range: (u64, u64),
+        ua: Option<&str>,
+        sha: &str,
+    ) {
         self.ev(EventKind::TransferStarted {
             id,
             proto,
@@ -1276,19 +1293,17 @@ fn rereading_the_same_config_does_not_restart_the_journey() {
     assert_eq!(d.timeline.len(), notes + 6, "each read is in the timeline");
     // The config changed in the store: a download of new content, then provisioned.
     s.now += 1000;
-    s.ev(EventKind::TransferStarted {
-        id: 20,
-        proto: Proto::Http,
-        peer: SocketAddr::new(ip.parse().unwrap(), 40000),
-        path: format!("/{cfg}"),
-        file: cfg.clone(),
-        file_size: 2100,
-        offset: 0,
-        size: 2100,
-        sha256: "dd33".into(),
-        user_agent: None,
-        tftp: None,
-    });
+    s.start_sha(
+        20,
+        Proto::Http,
+        ip,
+        &format!("/{cfg}"),
+        &cfg,
+        2100,
+        (0, 2100),
+        None,
+        "dd33",
+    );
     assert_eq!(s.state(MAC), S::ConfigDownload);
     s.finish(20, 2100);
     assert_eq!(s.state(MAC), S::Provisioned);
