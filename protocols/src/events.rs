@@ -181,6 +181,8 @@ pub struct EventBus {
     tx: broadcast::Sender<Arc<WireEvent>>,
     seq: Arc<AtomicU64>,
     ids: Arc<AtomicU64>,
+    /// The transfer counters, looked up once per protocol (see [`crate::progress`]).
+    pub(crate) counters: Arc<crate::progress::TransferCounters>,
 }
 
 impl Default for EventBus {
@@ -196,6 +198,7 @@ impl EventBus {
             tx,
             seq: Arc::new(AtomicU64::new(0)),
             ids: Arc::new(AtomicU64::new(0)),
+            counters: Arc::default(),
         }
     }
 

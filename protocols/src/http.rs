@@ -14,6 +14,7 @@
 //! downloads on shutdown with hyper-util's `GracefulShutdown`. Plain HTTP connections
 //! run over [`crate::zerocopy::SendfileStream`], so image bodies leave by `sendfile`.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -267,7 +268,7 @@ fn respond(
     head: bool,
     user_agent: Option<String>,
 ) -> Response {
-    let entry = snap.entry.clone();
+    let entry = &*snap.entry;
     let etag = format!("\"{}\"", entry.sha256);
     let last_modified = httpdate::fmt_http_date(entry.mtime());
     let mtime_secs = entry.mtime_ms / 1000;
@@ -276,9 +277,12 @@ fn respond(
             .status(status)
             .header(header::ETAG, &etag)
             .header(header::LAST_MODIFIED, &last_modified)
-            .header(header::ACCEPT_RANGES, "bytes");
+            .header(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         if status != StatusCode::NOT_MODIFIED {
-            b = b.header(header::CONTENT_TYPE, content_type(&entry.path));
+            b = b.header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type(&entry.path)),
+            );
         }
         b
     };
@@ -351,7 +355,7 @@ fn respond(
             Err(_) => {}
         }
     }
-    let mut b = base(status).header(header::CONTENT_LENGTH, len);
+    let mut b = base(status);
     if status == StatusCode::PARTIAL_CONTENT {
         b = b.header(
             header::CONTENT_RANGE,
@@ -359,15 +363,20 @@ fn respond(
         );
     }
     if head {
-        return b.body(Body::empty()).unwrap_or_default();
+        return b
+            .header(header::CONTENT_LENGTH, len)
+            .body(Body::empty())
+            .unwrap_or_default();
     }
+    // No Content-Length header for a body: hyper writes it from the body's exact size
+    // hint, without a header value to allocate and parse back per request.
     let transfer = Transfer::start(
         &st.bus,
         TransferStart {
             proto: st.proto,
             peer,
             path,
-            entry: &entry,
+            entry,
             offset,
             size: len,
             user_agent,
@@ -391,20 +400,27 @@ fn etag_matches(list: &str, etag: &str) -> bool {
 }
 
 fn content_type(path: &str) -> &'static str {
-    let lower = path.to_ascii_lowercase();
-    let ext = lower.rsplit('.').next().unwrap_or("");
-    match ext {
-        "cfg" | "txt" | "ini" | "conf" => "text/plain; charset=utf-8",
-        "xml" => "application/xml",
-        "json" => "application/json",
-        "htm" | "html" => "text/html; charset=utf-8",
-        _ => "application/octet-stream",
+    let ext = path.rsplit('.').next().unwrap_or("");
+    let is = |e: &str| ext.eq_ignore_ascii_case(e);
+    if is("cfg") || is("txt") || is("ini") || is("conf") {
+        "text/plain; charset=utf-8"
+    } else if is("xml") {
+        "application/xml"
+    } else if is("json") {
+        "application/json"
+    } else if is("htm") || is("html") {
+        "text/html; charset=utf-8"
+    } else {
+        "application/octet-stream"
     }
 }
 
 /// Decodes `%XX` once. The store's resolver then refuses anything that still looks
 /// encoded (double encoding) or climbs out of the root.
-fn percent_decode(s: &str) -> Option<String> {
+fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -419,7 +435,7 @@ fn percent_decode(s: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// A response body slicing a byte range of a pinned snapshot (in memory, see

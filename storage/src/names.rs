@@ -36,7 +36,14 @@ pub fn is_hidden(name: &str) -> bool {
         || name == "4913"
         || [".tmp", ".part", ".swp", ".swx", ".crdownload"]
             .iter()
-            .any(|s| name.to_ascii_lowercase().ends_with(s))
+            .any(|s| ends_with_ignore_case(name, s))
+}
+
+/// `name` ends with the ASCII `suffix`, in any case (no copy: this runs for every
+/// path component of every request).
+fn ends_with_ignore_case(name: &str, suffix: &str) -> bool {
+    let (n, s) = (name.as_bytes(), suffix.as_bytes());
+    n.len() >= s.len() && n[n.len() - s.len()..].eq_ignore_ascii_case(s)
 }
 
 /// True when any component of a relative path is hidden.
@@ -197,10 +204,17 @@ mod tests {
             ".a.swp",
             "4913",
             "a.img.TMP",
+            "é.CrDownload",
         ] {
             assert!(is_hidden(n), "{n}");
         }
-        for n in ["450HD.img", "00908f123456.cfg", "SHA256SUMS"] {
+        for n in [
+            "450HD.img",
+            "00908f123456.cfg",
+            "SHA256SUMS",
+            "tmp",
+            "swp.é",
+        ] {
             assert!(!is_hidden(n), "{n}");
         }
         assert!(path_is_hidden("dir/.git/x"));

@@ -37,6 +37,16 @@ pub fn resolve(requested: &str) -> Result<String, ResolveError> {
     if has_encoded_danger(requested) {
         return Err(ResolveError::Encoded);
     }
+    // The usual spelling (`/dir/file.cfg`: no empty or `.` component after the leading
+    // slashes) is already clean: one copy instead of collecting and joining the parts.
+    let trimmed = requested.trim_start_matches('/');
+    if !trimmed.is_empty()
+        && trimmed
+            .split('/')
+            .all(|c| !matches!(c, "" | "." | "..") && !crate::names::is_hidden(c))
+    {
+        return Ok(trimmed.to_string());
+    }
     let mut parts = Vec::new();
     for comp in requested.split('/') {
         match comp {
@@ -83,6 +93,13 @@ mod tests {
         assert_eq!(resolve("/450HD.img").as_deref(), Ok("450HD.img"));
         assert_eq!(resolve("a//b/./c.cfg").as_deref(), Ok("a/b/c.cfg"));
         assert_eq!(resolve_dir("/").as_deref(), Ok(""));
+        // The fast path (already clean) and the general one agree.
+        assert_eq!(resolve("//dir/x.cfg").as_deref(), Ok("dir/x.cfg"));
+        assert_eq!(resolve("dir/x.cfg/").as_deref(), Ok("dir/x.cfg"));
+        assert_eq!(resolve("./x.cfg").as_deref(), Ok("x.cfg"));
+        assert_eq!(resolve("/dir/.x.cfg"), Err(ResolveError::Hidden));
+        assert_eq!(resolve("/dir/x.cfg.part"), Err(ResolveError::Hidden));
+        assert_eq!(resolve("/a/../x.cfg"), Err(ResolveError::Traversal));
     }
 
     #[test]

@@ -24,6 +24,11 @@ pub fn mac_in_path(path: &str) -> Option<String> {
     // Only the last path component names a device; a directory named by MAC is rare and
     // ambiguous (a phone may fetch a shared file from another phone's folder).
     let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+    // A MAC is 12 hex digits: most names (`cfg1k.cfg`, `450HD.img`) have fewer, and
+    // skipping the regex for them saves its allocations on every request.
+    if name.bytes().filter(u8::is_ascii_hexdigit).count() < 12 {
+        return None;
+    }
     PATH_MAC
         .captures_iter(name)
         .filter_map(|c| c.get(1))

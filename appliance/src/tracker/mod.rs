@@ -36,7 +36,7 @@ pub mod attribution;
 pub mod state;
 pub mod ua;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -145,9 +145,6 @@ struct Feed {
     seq: u64,
     ring: VecDeque<Arc<FeedItem>>,
     tx: broadcast::Sender<Arc<FeedItem>>,
-    /// Devices changed since their last `device` item; their views are published once
-    /// per batch of records (see [`TrackerHandle::publish_views`]), not once per event.
-    dirty: BTreeSet<String>,
 }
 
 impl Feed {
@@ -216,7 +213,6 @@ impl TrackerHandle {
                 feed: Mutex::new(Feed {
                     seq: 0,
                     ring: VecDeque::new(),
-                    dirty: BTreeSet::new(),
                     tx,
                 }),
                 changes,
@@ -353,10 +349,13 @@ impl TrackerHandle {
     /// Also wakes [`Self::wait_for`] callers, once per batch rather than per record.
     fn publish_views(&self) {
         {
-            let t = lock(&self.inner.tracker);
+            let mut t = lock(&self.inner.tracker);
+            // Devices changed since their last `device` item: one view per batch of
+            // records, not one per event.
+            let dirty = t.take_touched();
             let mut feed = lock(&self.inner.feed);
             let now = t.now_ms();
-            for k in std::mem::take(&mut feed.dirty) {
+            for k in dirty {
                 match t.view(&k, now) {
                     Some(v) => feed.push("device", serde_json::to_string(&v).unwrap_or_default()),
                     None => feed.push("removed", serde_json::json!({ "key": k }).to_string()),
@@ -385,11 +384,11 @@ impl TrackerHandle {
                 let mut feed = lock(&self.inner.feed);
                 feed.seq = *feed_seq;
                 feed.ring.clear();
-                feed.dirty.clear();
+                // Views are published from the restored fleet, not from before it.
+                let _ = t.take_touched();
                 return Vec::new();
             }
         };
-        let touched = t.take_touched();
         // Copies only for `subscribe_changes` listeners; the feed takes the originals.
         let copies = if self.inner.changes.receiver_count() > 0 {
             changes.clone()
@@ -404,7 +403,6 @@ impl TrackerHandle {
         for c in changes {
             feed.push_body("state", FeedBody::State(c, OnceLock::new()));
         }
-        feed.dirty.extend(touched);
         drop(feed);
         drop(t);
         for c in copies {

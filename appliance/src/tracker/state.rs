@@ -16,7 +16,7 @@
 //! fetching its config: it is probably running its recovery loader, §6).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -156,8 +156,8 @@ pub struct FileRecord {
     pub file_size: u64,
     pub started_ms: u64,
     pub duration_ms: u64,
-    /// `finished` or `aborted`.
-    pub result: String,
+    /// `finished` or `aborted` (borrowed when recorded: no copy per request).
+    pub result: Cow<'static, str>,
     pub reason: Option<String>,
 }
 
@@ -238,7 +238,9 @@ pub struct Device {
     stall: Option<Stall>,
     first_seen_ms: u64,
     last_seen_ms: u64,
-    last_event: Option<String>,
+    // The last event's text is the newest non-state timeline entry (see
+    // `Device::last_event`), not a copy of it: a note per request is hot. Snapshots
+    // written with a `last_event` key still load (serde ignores it).
     active: BTreeMap<u64, Active>,
     burn: Option<Burn>,
     /// This boot follows a burn, and no config was fetched in it yet.
@@ -423,8 +425,21 @@ pub struct Fleet {
 pub struct Tracker {
     settings: Settings,
     fleet: Fleet,
-    touched: Vec<String>,
+    /// Devices changed since their views were last published. A set looked up by
+    /// `&str`: a request to a device already in it allocates nothing.
+    touched: BTreeSet<String>,
     checks: Vec<ConfigCheck>,
+}
+
+/// `ip` as text in `buf`, without allocating (45 bytes is the longest IPv6 form).
+pub(super) fn ip_str<'a>(ip: &IpAddr, buf: &'a mut [u8; 48]) -> &'a str {
+    use std::io::Write as _;
+    let mut w: &mut [u8] = &mut buf[..];
+    let len = match write!(w, "{ip}") {
+        Ok(()) => 48 - w.len(),
+        Err(_) => 0,
+    };
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
 }
 
 /// `1.5 MiB`-style sizes for people (timeline notes, the CLI).
@@ -568,7 +583,6 @@ impl Device {
             stall: None,
             first_seen_ms: at,
             last_seen_ms: at,
-            last_event: None,
             active: BTreeMap::new(),
             burn: None,
             after_burn_boot: false,
@@ -588,7 +602,6 @@ impl Device {
 
     fn note(&mut self, seq: u64, at: u64, source: &'static str, kind: &'static str, text: String) {
         self.last_seen_ms = self.last_seen_ms.max(at);
-        self.last_event = Some(text.clone());
         self.push_timeline(TimelineEntry {
             seq,
             at_ms: at,
@@ -597,6 +610,15 @@ impl Device {
             text,
             state: None,
         });
+    }
+
+    /// The text of the last event noted (state changes are not events).
+    fn last_event(&self) -> Option<&str> {
+        self.timeline
+            .iter()
+            .rev()
+            .find(|e| e.state.is_none())
+            .map(|e| e.text.as_str())
     }
 
     fn push_timeline(&mut self, e: TimelineEntry) {
@@ -743,7 +765,7 @@ impl Device {
                 }),
             first_seen_ms: self.first_seen_ms,
             last_seen_ms: self.last_seen_ms,
-            last_event: self.last_event.clone(),
+            last_event: self.last_event().map(str::to_string),
             active_transfers: self.active.len(),
             provisioned_ms: self.provisioned_ms,
             now_ms: now,
@@ -784,7 +806,7 @@ impl Device {
         a: Active,
         bytes: u64,
         duration_ms: u64,
-        result: &str,
+        result: &'static str,
         reason: Option<String>,
     ) {
         if self.files.len() >= FILES_MAX {
@@ -803,13 +825,19 @@ impl Device {
             file_size: a.file_size,
             started_ms: a.started_ms,
             duration_ms,
-            result: result.to_string(),
+            result: Cow::Borrowed(result),
             reason,
         });
     }
 
     fn add_prefix(&mut self, a: &Active, bytes: u64) -> u64 {
-        let p = self.prefix.entry(a.sha256.clone()).or_insert(0);
+        // Looked up by `&str` first: re-reads of a version allocate nothing.
+        if !self.prefix.contains_key(&a.sha256) {
+            self.prefix.insert(a.sha256.clone(), 0);
+        }
+        let Some(p) = self.prefix.get_mut(&a.sha256) else {
+            return 0;
+        };
         if a.offset <= *p {
             *p = (*p).max(a.offset + bytes);
         }
@@ -833,7 +861,7 @@ impl Tracker {
         Tracker {
             settings,
             fleet: Fleet::default(),
-            touched: Vec::new(),
+            touched: BTreeSet::new(),
             checks: Vec::new(),
         }
     }
@@ -852,10 +880,8 @@ impl Tracker {
     }
 
     /// Keys of the devices changed since the last call (state, progress, anything shown).
-    pub fn take_touched(&mut self) -> Vec<String> {
-        let mut t = std::mem::take(&mut self.touched);
-        t.dedup();
-        t
+    pub fn take_touched(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.touched)
     }
 
     /// Configs delivered since the last call that should be checked against the
@@ -865,18 +891,21 @@ impl Tracker {
     }
 
     fn touch(&mut self, key: &str) {
-        if self.touched.last().map(String::as_str) != Some(key)
-            && !self.touched.iter().any(|k| k == key)
-        {
-            self.touched.push(key.to_string());
+        if !self.touched.contains(key) {
+            self.touched.insert(key.to_string());
         }
     }
 
     fn device_mut(&mut self, key: &str, at: u64) -> &mut Device {
-        self.fleet
-            .devices
-            .entry(key.to_string())
-            .or_insert_with(|| Device::new(key.to_string(), at))
+        let devices = &mut self.fleet.devices;
+        // Looked up by `&str` first: `entry` would copy the key on every request.
+        if !devices.contains_key(key) {
+            devices.insert(key.to_string(), Device::new(key.to_string(), at));
+        }
+        match devices.get_mut(key) {
+            Some(d) => d,
+            None => unreachable!("the device was inserted above"),
+        }
     }
 
     fn burn_ms(&self, model: Option<&str>) -> u64 {
@@ -1182,9 +1211,8 @@ impl Tracker {
         let _ = self.device_mut(mac, at);
         if let Some(st) = self.fleet.devices.remove(&ip_key(&ip)) {
             self.merge_into(mac, st, seq, at, out);
-            self.touched.retain(|t| *t != ip_key(&ip));
             // Tell streaming clients the address row is gone.
-            self.touched.push(ip_key(&ip));
+            self.touched.insert(ip_key(&ip));
         }
         if let Some(d) = self.fleet.devices.get_mut(mac) {
             d.ip = Some(ip);
@@ -1261,12 +1289,14 @@ impl Tracker {
         let ua = user_agent.and_then(ua::parse);
         let by_path = mac_in_path(path);
         let by_ua = ua.as_ref().and_then(|u| u.mac.clone());
-        // The address as the lease table's key, formatted once (this runs per request).
-        let ip_s = ip.to_string();
-        let leased = self.fleet.leases.contains_key(&ip_s);
+        // The address as the lease table's key, formatted once, on the stack (this runs
+        // per request).
+        let mut buf = [0u8; 48];
+        let ip_s = ip_str(&ip, &mut buf);
+        let leased = self.fleet.leases.contains_key(ip_s);
         let key = if let Some(m) = by_path.or(by_ua.clone()) {
             m
-        } else if let Some(m) = self.fleet.leases.get(&ip_s).or(self.fleet.hints.get(&ip_s)) {
+        } else if let Some(m) = self.fleet.leases.get(ip_s).or(self.fleet.hints.get(ip_s)) {
             m.clone()
         } else {
             ip_key(&ip)
@@ -1276,7 +1306,7 @@ impl Tracker {
         if let Some(m) = &by_ua
             && !leased
         {
-            self.fleet.hints.insert(ip_s, m.clone());
+            self.fleet.hints.insert(ip_s.to_string(), m.clone());
         }
         let is_mac = !key.starts_with("ip:");
         let d = self.device_mut(&key, at);
@@ -1556,9 +1586,16 @@ impl Tracker {
                     FileKind::Config if delivered >= a.file_size => {
                         d.config_since_boot = true;
                         d.provisioned_ms = Some(at);
-                        d.last_config = Some((a.file.clone(), a.sha256.clone()));
+                        if d.last_config
+                            .as_ref()
+                            .is_none_or(|(f, sha)| *f != a.file || *sha != a.sha256)
+                        {
+                            d.last_config = Some((a.file.clone(), a.sha256.clone()));
+                        }
                         d.set_state(PhoneState::Provisioned, None, seq, at, out);
-                        if self.settings.check_config_model {
+                        // Only a phone whose model is known can be told its config is
+                        // for another model (see `rejection`).
+                        if self.settings.check_config_model && d.model.is_some() {
                             self.checks.push(ConfigCheck {
                                 key: key.clone(),
                                 file: a.file.clone(),
@@ -1763,7 +1800,7 @@ impl Tracker {
                 {
                     let idle = now_ms.saturating_sub(d.last_seen_ms);
                     (idle >= stall_after).then(|| {
-                        let last = d.last_event.clone().unwrap_or_default();
+                        let last = d.last_event().unwrap_or_default();
                         (StallKind::Idle, format!("nothing for {} since: {last}", HumanMs(idle)))
                     })
                 }

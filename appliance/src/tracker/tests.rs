@@ -1308,3 +1308,23 @@ fn rereading_the_same_config_does_not_restart_the_journey() {
     s.finish(20, 2100);
     assert_eq!(s.state(MAC), S::Provisioned);
 }
+
+#[test]
+fn addresses_format_on_the_stack_like_display() {
+    use super::state::ip_str;
+    use std::net::IpAddr;
+    for s in [
+        "127.0.0.1",
+        "255.255.255.255",
+        "198.18.0.10",
+        "::1",
+        "fe80::1",
+        // The longest textual IPv6 form: 45 bytes.
+        "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        "1111:2222:3333:4444:5555:6666:7777:8888",
+    ] {
+        let ip: IpAddr = s.parse().unwrap();
+        let mut buf = [0u8; 48];
+        assert_eq!(ip_str(&ip, &mut buf), ip.to_string(), "{s}");
+    }
+}
