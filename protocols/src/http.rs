@@ -15,9 +15,10 @@
 //! run over [`crate::zerocopy::SendfileStream`], so image bodies leave by `sendfile`.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -79,6 +80,41 @@ struct FileState {
     store: Store,
     bus: EventBus,
     proto: Proto,
+    /// `ETag` and `Last-Modified` by content hash, with the mtime they were made for.
+    validators: Mutex<HashMap<String, (u64, Validators)>>,
+}
+
+/// One file version's validators as header values, formatted once: per request they
+/// were four allocations and an HTTP-date formatting. A clone shares the bytes.
+#[derive(Debug, Clone)]
+struct Validators {
+    etag: HeaderValue,
+    last_modified: HeaderValue,
+}
+
+impl FileState {
+    fn validators(&self, e: &provbox_storage::Entry) -> Validators {
+        let mut cache = self.validators.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((mtime, v)) = cache.get(e.sha256.as_str())
+            && *mtime == e.mtime_ms
+        {
+            return v.clone();
+        }
+        let value = |s: String| {
+            HeaderValue::from_maybe_shared(Bytes::from(s))
+                .unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
+        let v = Validators {
+            etag: value(format!("\"{}\"", e.sha256)),
+            last_modified: value(httpdate::fmt_http_date(e.mtime())),
+        };
+        // Bounded: a store rarely holds this many versions at once.
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(e.sha256.clone(), (e.mtime_ms, v.clone()));
+        v
+    }
 }
 
 impl HttpServer {
@@ -102,7 +138,12 @@ impl HttpServer {
         Ok(HttpServer {
             listener,
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
-            state: Arc::new(FileState { store, bus, proto }),
+            state: Arc::new(FileState {
+                store,
+                bus,
+                proto,
+                validators: Mutex::default(),
+            }),
         })
     }
 
@@ -269,14 +310,14 @@ fn respond(
     user_agent: Option<String>,
 ) -> Response {
     let entry = &*snap.entry;
-    let etag = format!("\"{}\"", entry.sha256);
-    let last_modified = httpdate::fmt_http_date(entry.mtime());
+    let validators = st.validators(entry);
+    let etag = validators.etag.to_str().unwrap_or_default();
     let mtime_secs = entry.mtime_ms / 1000;
     let base = |status: StatusCode| {
         let mut b = Response::builder()
             .status(status)
-            .header(header::ETAG, &etag)
-            .header(header::LAST_MODIFIED, &last_modified)
+            .header(header::ETAG, validators.etag.clone())
+            .header(header::LAST_MODIFIED, validators.last_modified.clone())
             .header(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         if status != StatusCode::NOT_MODIFIED {
             b = b.header(
@@ -296,7 +337,7 @@ fn respond(
 
     // RFC 9110 §13.2.2 order: If-Match, If-Unmodified-Since, If-None-Match, If-Modified-Since, If-Range.
     if let Some(im) = get(header::IF_MATCH)
-        && !etag_matches(im, &etag)
+        && !etag_matches(im, etag)
     {
         return base(StatusCode::PRECONDITION_FAILED)
             .body(Body::empty())
@@ -311,7 +352,7 @@ fn respond(
             .unwrap_or_default();
     }
     if let Some(inm) = get(header::IF_NONE_MATCH) {
-        if etag_matches(inm, &etag) {
+        if etag_matches(inm, etag) {
             return base(StatusCode::NOT_MODIFIED)
                 .body(Body::empty())
                 .unwrap_or_default();

@@ -113,14 +113,15 @@ pub struct FeedItem {
     body: FeedBody,
 }
 
-/// A feed item's payload. Wire events and state changes are kept as they are and
-/// encoded the first time a subscriber reads one: with nobody watching, a busy server never spends CPU
-/// on JSON nobody reads.
+/// A feed item's payload. Wire events, state changes and device views are kept as
+/// they are and encoded the first time a subscriber reads one: with nobody watching, a
+/// busy server never spends CPU on JSON nobody reads.
 #[derive(Debug)]
 enum FeedBody {
     Json(String),
     Wire(Arc<WireEvent>, OnceLock<String>),
     State(StateChange, OnceLock<String>),
+    View(Box<DeviceView>, OnceLock<String>),
 }
 
 impl FeedItem {
@@ -133,6 +134,9 @@ impl FeedItem {
             }
             FeedBody::State(c, json) => {
                 json.get_or_init(|| serde_json::to_string(c).unwrap_or_default())
+            }
+            FeedBody::View(v, json) => {
+                json.get_or_init(|| serde_json::to_string(v).unwrap_or_default())
             }
         }
     }
@@ -357,7 +361,9 @@ impl TrackerHandle {
             let now = t.now_ms();
             for k in dirty {
                 match t.view(&k, now) {
-                    Some(v) => feed.push("device", serde_json::to_string(&v).unwrap_or_default()),
+                    Some(v) => {
+                        feed.push_body("device", FeedBody::View(Box::new(v), OnceLock::new()))
+                    }
                     None => feed.push("removed", serde_json::json!({ "key": k }).to_string()),
                 }
             }

@@ -1843,8 +1843,13 @@ impl Tracker {
     }
 
     fn find(&self, key: &str) -> Option<&Device> {
-        let k = super::attribution::normalize_key(key);
-        self.fleet.devices.get(&k)
+        // Keys the tracker itself holds are canonical already (no copy); what a user
+        // typed is normalised.
+        self.fleet.devices.get(key).or_else(|| {
+            self.fleet
+                .devices
+                .get(&super::attribution::normalize_key(key))
+        })
     }
 
     pub fn view(&self, key: &str, now: u64) -> Option<DeviceView> {
