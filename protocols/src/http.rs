@@ -417,7 +417,7 @@ fn respond(
             proto: st.proto,
             peer,
             path,
-            entry,
+            entry: &snap.entry,
             offset,
             size: len,
             user_agent,

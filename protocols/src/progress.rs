@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,9 @@ pub struct Transfer {
     id: u64,
     proto: Proto,
     size: u64,
-    sha256: String,
+    /// The version served (its hash goes into the end event; holding the entry costs
+    /// a reference count, not a copy).
+    entry: Arc<Entry>,
     started: Instant,
     bytes: u64,
     last_emit: Instant,
@@ -75,7 +77,7 @@ pub struct TransferStart<'a> {
     pub proto: Proto,
     pub peer: SocketAddr,
     pub path: &'a str,
-    pub entry: &'a Entry,
+    pub entry: &'a Arc<Entry>,
     pub offset: u64,
     pub size: u64,
     pub user_agent: Option<String>,
@@ -105,7 +107,7 @@ impl Transfer {
             id,
             proto: s.proto,
             size: s.size,
-            sha256: s.entry.sha256.clone(),
+            entry: s.entry.clone(),
             started: now,
             bytes: 0,
             last_emit: now,
@@ -168,7 +170,7 @@ impl Transfer {
         self.bus.publish(EventKind::TransferFinished {
             id: self.id,
             bytes: self.bytes,
-            sha256: self.sha256.clone(),
+            sha256: self.entry.sha256.clone(),
             duration_ms: self.started.elapsed().as_millis() as u64,
             retransmits: self.retransmits,
         });

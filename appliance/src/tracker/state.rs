@@ -1339,7 +1339,6 @@ impl Tracker {
     ) {
         let (seq, at) = (ev.seq, ev.at_ms);
         let key = self.attribute(s.peer, s.path, s.user_agent, at);
-        self.fleet.transfers.insert(s.id, key.clone());
         let kind = classify(s.file, index);
         let version = if kind == FileKind::Firmware {
             image_version(s.file, index)
@@ -1444,6 +1443,8 @@ impl Tracker {
             self.refresh_target(&key, index);
         }
         self.touch(&key);
+        // Last, so the map takes the key instead of a copy.
+        self.fleet.transfers.insert(s.id, key);
     }
 
     fn on_progress(&mut self, id: u64, bytes: u64, ev: &WireEvent, out: &mut Vec<StateChange>) {

@@ -580,7 +580,7 @@ struct Accounting<'a> {
     bus: &'a EventBus,
     peer: SocketAddr,
     path: &'a str,
-    entry: &'a Entry,
+    entry: &'a Arc<Entry>,
     size: u64,
     options: TftpOptions,
     transfer: Option<Transfer>,
