@@ -319,3 +319,38 @@ async fn a_header_probe_is_an_abort() {
     assert!(reason.contains("closed the data connection"), "{reason}");
     ftp.stop().await;
 }
+
+/// RETR, an early close of the data connection, then ABOR and QUIT in one write (what
+/// curl does after a ranged read, only faster): the session answers QUIT every time.
+/// libunftp 0.24's QUIT handler waited on the one-slot channel its own control loop
+/// drains; with the aborted RETR's result in that slot the session hung for good
+/// (vendor/libunftp/PROVBOX-PATCH.md, item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abor_and_quit_after_an_early_close_never_hang() {
+    use tokio::io::AsyncReadExt;
+    let (ftp, _) = start().await;
+    for i in 0..40 {
+        let mut c = Control::login(ftp.addr, "anonymous", "ftp@example.com").await;
+        assert_eq!(c.cmd("TYPE I").await.0, 200);
+        let data_addr = c.epsv(ftp.addr.ip()).await;
+        let mut data = tokio::net::TcpStream::connect(data_addr).await.unwrap();
+        let (code, text) = c.cmd("RETR 450HD_3.4.8.img").await;
+        assert!(code == 150 || code == 125, "{text}");
+        let mut head = [0u8; 1024];
+        data.read_exact(&mut head).await.unwrap();
+        drop(data);
+        c.send("ABOR\r\nQUIT").await;
+        // The RETR's end, ABOR's reply and QUIT's 221, in whichever order the server
+        // produces the first two; `reply` fails the test if one does not come in time.
+        let mut codes = Vec::new();
+        loop {
+            let (code, _) = c.reply().await;
+            codes.push(code);
+            if code == 221 || code == 0 {
+                break;
+            }
+        }
+        assert_eq!(codes.last(), Some(&221), "iteration {i}: replies {codes:?}");
+    }
+    ftp.stop().await;
+}

@@ -50,19 +50,25 @@ where
         let logger = args.logger;
 
         match storage.cwd((*session.user).as_ref().unwrap(), path.clone()).await {
+            // provbox patch: never wait on the control channel inside a command handler. The
+            // control loop that drains it is the one running this handler, and the channel has
+            // one slot: when an aborted RETR's result already holds it, `send().await` deadlocked
+            // the session for good (curl: RETR, ABOR, QUIT hung about 1 time in 20).
             Err(err) => {
                 slog::warn!(logger, "CWD: Failed to change directory {:?}: {} ", path, err);
-                let r = tx_fail.send(ControlChanMsg::StorageError(err)).await;
-                if let Err(e) = r {
-                    slog::warn!(logger, "CWD: Could not send internal message to notify of CWD error: {}", e);
-                }
+                tokio::spawn(async move {
+                    if let Err(e) = tx_fail.send(ControlChanMsg::StorageError(err)).await {
+                        slog::warn!(logger, "CWD: Could not send internal message to notify of CWD error: {}", e);
+                    }
+                });
             }
             _ => {
-                let r = tx_success.send(ControlChanMsg::CwdSuccess).await;
                 session.cwd.push(path);
-                if let Err(e) = r {
-                    slog::warn!(logger, "CWD: Could not send internal message to notify of CWD success: {}", e);
-                }
+                tokio::spawn(async move {
+                    if let Err(e) = tx_success.send(ControlChanMsg::CwdSuccess).await {
+                        slog::warn!(logger, "CWD: Could not send internal message to notify of CWD success: {}", e);
+                    }
+                });
             }
         }
 

@@ -42,9 +42,16 @@ where
         let tx: Sender<ControlChanMsg> = args.tx_control_chan.clone();
         let logger = args.logger;
         // Let the control loop know it can exit.
-        if let Err(send_res) = tx.send(ControlChanMsg::ExitControlLoop).await {
-            slog::warn!(logger, "could not send internal message: QUIT. {}", send_res);
-        }
+        // provbox patch: never wait on the control channel inside a command handler. The
+        // control loop that drains it is the one running this handler, and the channel has
+        // one slot: when an aborted RETR's result already holds it, `send().await` deadlocked
+        // the session for good (curl: RETR, ABOR, QUIT hung about 1 time in 20).
+        let quit_logger = logger.clone();
+        tokio::spawn(async move {
+            if let Err(send_res) = tx.send(ControlChanMsg::ExitControlLoop).await {
+                slog::warn!(quit_logger, "could not send internal message: QUIT. {}", send_res);
+            }
+        });
         slog::info!(logger, "QUIT: User logged out");
         Ok(Reply::new(ReplyCode::ClosingControlConnection, "Bye!"))
     }

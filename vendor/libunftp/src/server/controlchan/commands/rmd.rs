@@ -47,19 +47,25 @@ where
         let tx = args.tx_control_chan.clone();
         let logger = args.logger;
         match storage.rmd((*session.user).as_ref().unwrap(), path).await {
+            // provbox patch: never wait on the control channel inside a command handler. The
+            // control loop that drains it is the one running this handler, and the channel has
+            // one slot: when an aborted RETR's result already holds it, `send().await` deadlocked
+            // the session for good (curl: RETR, ABOR, QUIT hung about 1 time in 20).
             Err(err) => {
                 slog::warn!(logger, "RMD: Failed to delete directory {}: {}", path_str, err);
-                let r = tx.send(ControlChanMsg::StorageError(err)).await;
-                if let Err(e) = r {
-                    slog::warn!(logger, "RMD: Could not send internal message to notify of RMD error: {}", e);
-                }
+                tokio::spawn(async move {
+                    if let Err(e) = tx.send(ControlChanMsg::StorageError(err)).await {
+                        slog::warn!(logger, "RMD: Could not send internal message to notify of RMD error: {}", e);
+                    }
+                });
             }
             _ => {
                 slog::info!(logger, "RMD: Successfully removed directory {:?}", path_str);
-                let r = tx.send(ControlChanMsg::RmDirSuccess { path: path_str }).await;
-                if let Err(e) = r {
-                    slog::warn!(logger, "RMD: Could not send internal message to notify of RMD success: {}", e);
-                }
+                tokio::spawn(async move {
+                    if let Err(e) = tx.send(ControlChanMsg::RmDirSuccess { path: path_str }).await {
+                        slog::warn!(logger, "RMD: Could not send internal message to notify of RMD success: {}", e);
+                    }
+                });
             }
         }
         Ok(Reply::none())
