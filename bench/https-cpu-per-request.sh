@@ -9,21 +9,14 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SB=${SHARED_BENCH:-$REPO/../shared/bench}
 N=${1:-3}
-export BENCH_STORE=${BENCH_STORE:-/var/tmp/provbox-bench/store}
-export BENCH_RUN=${BENCH_RUN:-/var/tmp/provbox-bench/run}
-mkdir -p "$BENCH_RUN"
-[ -s "$BENCH_STORE/SHA256SUMS" ] || "$SB/make-files.sh" "$BENCH_STORE" >/dev/null
-PROVBOX=${PROVBOX:-$REPO/target/release/provbox}
-[ -x "$PROVBOX" ] || (cd "$REPO" && cargo build --release -p provbox)
-OUT=$(mktemp -d /var/tmp/provbox-bench/cpr.XXXXXX)
 # shellcheck source=provbox-https.sh
 source "$REPO/bench/provbox-https.sh"
-provbox_https_config "$OUT"
-"$PROVBOX" --log-level warn serve -c "$OUT/provbox.toml" 2>"$OUT/provbox.log" &
-PID=$!
+provbox_bench_env
+OUT=$(mktemp -d /var/tmp/provbox-bench/cpr.XXXXXX)
+provbox_https_start "$OUT"
 trap 'kill "$PID" 2>/dev/null || true; "$SB/peers/stop.sh" nginx >/dev/null 2>&1 || true' EXIT
 "$SB/peers/start-nginx.sh" 20443 "$BENCH_STORE" >/dev/null 2>&1
-for _ in $(seq 100); do curl -skf -o /dev/null https://127.0.0.1:20444/SHA256SUMS && break; sleep 0.1; done
+provbox_https_wait
 NGINX_PIDS=$(pgrep -x nginx | tr '\n' ' ')
 HZ=$(getconf CLK_TCK)
 ticks() { local t=0 s p; for p in "$@"; do s=$(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0); t=$((t + s)); done; echo "$t"; }

@@ -8,12 +8,9 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SB=${SHARED_BENCH:-$REPO/../shared/bench}
 N=${1:-3}
-export BENCH_STORE=${BENCH_STORE:-/var/tmp/provbox-bench/store}
-export BENCH_RUN=${BENCH_RUN:-/var/tmp/provbox-bench/run}
-mkdir -p "$BENCH_RUN"
-[ -s "$BENCH_STORE/SHA256SUMS" ] || "$SB/make-files.sh" "$BENCH_STORE" >/dev/null
-PROVBOX=${PROVBOX:-$REPO/target/release/provbox}
-[ -x "$PROVBOX" ] || (cd "$REPO" && cargo build --release -p provbox)
+# shellcheck source=provbox-https.sh
+source "$REPO/bench/provbox-https.sh"
+provbox_bench_env
 OUT=$(mktemp -d /var/tmp/provbox-bench/https.XXXXXX)
 
 echo "== nginx" >&2
@@ -22,14 +19,10 @@ echo "== nginx" >&2
 "$SB/peers/stop.sh" nginx >&2
 
 echo "== provbox" >&2
-# shellcheck source=provbox-https.sh
-source "$REPO/bench/provbox-https.sh"
-provbox_https_config "$OUT"
-"$PROVBOX" --log-level warn serve -c "$OUT/provbox.toml" 2>"$OUT/provbox.log" &
-PID=$!
+provbox_https_start "$OUT"
 echo "$PID" >"$BENCH_RUN/appliance.pid"
 trap 'kill "$PID" 2>/dev/null || true; rm -f "$BENCH_RUN/appliance.pid"' EXIT
-for _ in $(seq 100); do curl -skf -o /dev/null https://127.0.0.1:20444/SHA256SUMS && break; sleep 0.1; done
+provbox_https_wait
 # Peak RSS sampler (VmHWM is the kernel's own high-water mark).
 REPEAT_ROOTS="$PID" "$SB/repeat.sh" "$N" "$SB/https.sh" 127.0.0.1 20444 | tee "$OUT/provbox.txt"
 HWM=$(awk '/VmHWM/{print $2}' "/proc/$PID/status")

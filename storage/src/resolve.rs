@@ -37,32 +37,30 @@ pub fn resolve(requested: &str) -> Result<String, ResolveError> {
     if has_encoded_danger(requested) {
         return Err(ResolveError::Encoded);
     }
-    // The usual spelling (`/dir/file.cfg`: no empty or `.` component after the leading
-    // slashes) is already clean: one copy instead of collecting and joining the parts.
+    // One pass checks every component; `.` and empty ones are dropped. The usual
+    // spelling (`/dir/file.cfg`) drops none after its leading slashes, so it is already
+    // clean: one copy, no collecting and joining.
     let trimmed = requested.trim_start_matches('/');
-    if !trimmed.is_empty()
-        && trimmed
-            .split('/')
-            .all(|c| !matches!(c, "" | "." | "..") && !crate::names::is_hidden(c))
-    {
-        return Ok(trimmed.to_string());
-    }
-    let mut parts = Vec::new();
-    for comp in requested.split('/') {
+    let mut kept = 0usize;
+    let mut dropped = false;
+    for comp in trimmed.split('/') {
         match comp {
-            "" | "." => continue,
+            "" | "." => dropped = true,
             ".." => return Err(ResolveError::Traversal),
-            c => {
-                if crate::names::is_hidden(c) {
-                    return Err(ResolveError::Hidden);
-                }
-                parts.push(c)
-            }
+            c if crate::names::is_hidden(c) => return Err(ResolveError::Hidden),
+            _ => kept += 1,
         }
     }
-    if parts.is_empty() {
+    if kept == 0 {
         return Err(ResolveError::Empty);
     }
+    if !dropped {
+        return Ok(trimmed.to_string());
+    }
+    let parts: Vec<&str> = trimmed
+        .split('/')
+        .filter(|c| !matches!(*c, "" | "."))
+        .collect();
     Ok(parts.join("/"))
 }
 
