@@ -152,3 +152,46 @@ async fn any_http_client_is_tracked() -> anyhow::Result<()> {
     app.shutdown().await;
     Ok(())
 }
+
+/// inotify instances this process holds.
+fn inotify_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.to_string_lossy().contains("inotify"))
+        .count()
+}
+
+/// A test suite that starts an appliance per test on one runtime: `shutdown` gives
+/// back the listeners and the store's watcher, so the hundredth start works like the
+/// first (the kernel allows 128 inotify instances per user by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_listeners_and_the_watcher() -> anyhow::Result<()> {
+    let base = inotify_fds();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir()?;
+        let app = Appliance::builder()
+            .store(dir.path().join("store"))
+            .state(dir.path().join("state"))
+            .loopback()
+            .start()
+            .await?;
+        let http = app.addrs().http.expect("HTTP runs");
+        assert!(inotify_fds() > base, "the store watches its directory");
+        tokio::net::TcpStream::connect(http).await?;
+        app.shutdown().await;
+        assert!(
+            tokio::net::TcpStream::connect(http).await.is_err(),
+            "{http} still accepts after shutdown"
+        );
+        let start = std::time::Instant::now();
+        while inotify_fds() != base {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the store's watcher outlived the appliance"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}

@@ -356,10 +356,25 @@ fn load_blob(path: &Path, size: u64) -> std::io::Result<Bytes> {
     crate::mapped::map_blob(file)
 }
 
-/// Handle to the store; cheap to clone.
+/// Handle to the store; cheap to clone. When the last clone is dropped the indexer
+/// task ends and the watcher (an inotify instance or a poll thread) is released.
 #[derive(Debug, Clone)]
 pub struct Store {
     shared: Arc<Shared>,
+    _life: Arc<StopOnDrop>,
+}
+
+/// Tells the indexer to stop once no `Store` handle is left. The indexer holds
+/// `Shared`, and `Shared` holds the sender of the indexer's own channel, so the channel
+/// never closes by itself: without this, every store started on a long-lived runtime
+/// (a test fixture starting many appliances) kept its task and inotify instance.
+#[derive(Debug)]
+struct StopOnDrop(mpsc::UnboundedSender<Msg>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(Msg::Stop);
+    }
 }
 
 #[derive(Debug)]
@@ -380,6 +395,8 @@ struct Shared {
 enum Msg {
     Notify(notify_debouncer_full::DebounceEventResult),
     Rescan(Option<oneshot::Sender<()>>),
+    /// The last `Store` handle was dropped.
+    Stop,
 }
 
 impl Store {
@@ -409,7 +426,7 @@ impl Store {
         });
 
         // Watch before the first scan, so nothing written during the scan is missed.
-        let watcher = start_watcher(&opts, &root, control)?;
+        let watcher = start_watcher(&opts, &root, control.clone())?;
         let manifest_path = opts.state_dir.join("manifest.json");
         let manifest: HashMap<String, Indexed> = std::fs::read(&manifest_path)
             .ok()
@@ -436,7 +453,10 @@ impl Store {
         indexer.collect_garbage_all();
         indexer.save_manifest();
         tokio::spawn(indexer.run(rx));
-        Ok(Store { shared })
+        Ok(Store {
+            shared,
+            _life: Arc::new(StopOnDrop(control)),
+        })
     }
 
     /// The store directory (canonical).
@@ -621,7 +641,8 @@ impl Indexer {
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    None => return,
+                    // Dropping `self` drops the watcher, whose thread ends with it.
+                    None | Some(Msg::Stop) => return,
                     Some(Msg::Notify(Ok(events))) => {
                         for e in events {
                             if e.need_rescan() { self.rescan_all(); } else { self.on_event(&e.event); }

@@ -375,3 +375,44 @@ async fn concurrent_opens_of_one_file_share_one_load() {
     assert_eq!(distinct, 0, "64 concurrent opens made more than one copy");
     assert_eq!(sha(&read_all(&store, "450HD_3.4.8.img").await), sha(&data));
 }
+
+/// inotify instances this process holds (each `/proc/self/fd` link to one).
+fn inotify_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.to_string_lossy().contains("inotify"))
+        .count()
+}
+
+/// A fixture that starts many appliances on one runtime must not pile up watchers:
+/// dropping the last handle ends the indexer and frees its inotify instance.
+#[tokio::test]
+async fn dropping_the_last_handle_releases_the_watcher() {
+    let base = inotify_fds();
+    let mut stores = Vec::new();
+    for i in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path()).await;
+        stores.push((store.clone(), store, dir));
+        assert_eq!(inotify_fds(), base + i + 1, "one watcher per store");
+    }
+    // Dropping one of two clones keeps the store live.
+    let (a, b, dir) = stores.remove(0);
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(inotify_fds(), base + 5, "a clone still holds the store");
+    write_atomic(&dir.path().join("store/late.cfg"), b"x=1\n");
+    eventually(
+        "the surviving clone still indexes",
+        Duration::from_secs(5),
+        || b.index().find("late.cfg").is_some(),
+    )
+    .await;
+    drop(b);
+    drop(stores);
+    eventually("every watcher released", Duration::from_secs(5), || {
+        inotify_fds() == base
+    })
+    .await;
+}
