@@ -154,6 +154,21 @@ pub struct Index {
     files: BTreeMap<String, Indexed>,
     /// `names::lookup_key(path)` → path.
     keys: HashMap<String, String>,
+    /// directory → upper-case model → the newest firmware image there. Built once per
+    /// publish: every `450HD.img` request used to scan the whole index (2.6 % of the
+    /// server's CPU in a 500-phone FTP fleet).
+    images: HashMap<String, HashMap<String, Arc<Entry>>>,
+}
+
+/// Which of two images of one model is newer: by parsed version, then mtime.
+fn newer(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    let v = match (&a.version, &b.version) {
+        (Some(x), Some(y)) => names::compare_versions(x, y),
+        (Some(_), None) => std::cmp::Ordering::Greater,
+        (None, Some(_)) => std::cmp::Ordering::Less,
+        (None, None) => std::cmp::Ordering::Equal,
+    };
+    v.then(a.mtime_ms.cmp(&b.mtime_ms))
 }
 
 impl Index {
@@ -162,7 +177,33 @@ impl Index {
             .keys()
             .map(|p| (names::lookup_key(p), p.clone()))
             .collect();
-        Index { files, keys }
+        let mut images: HashMap<String, HashMap<String, Arc<Entry>>> = HashMap::new();
+        for e in files.values().map(|i| &i.entry) {
+            let Some(model) = e.model.as_deref().filter(|_| e.kind == FileKind::Firmware) else {
+                continue;
+            };
+            let dir = e.path.rsplit_once('/').map_or("", |(d, _)| d);
+            let slot = images
+                .entry(dir.to_string())
+                .or_default()
+                .entry(model.to_ascii_uppercase());
+            match slot {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(e.clone());
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    // `>=`: of equal candidates the later path wins, as `max_by` did.
+                    if newer(e, o.get()) != std::cmp::Ordering::Less {
+                        o.insert(e.clone());
+                    }
+                }
+            }
+        }
+        Index {
+            files,
+            keys,
+            images,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -201,25 +242,9 @@ impl Index {
 
     /// The newest `.img` for a model in a directory (by parsed version, then mtime).
     pub fn newest_image(&self, dir: &str, model: &str) -> Option<&Arc<Entry>> {
-        self.files
-            .values()
-            .map(|i| &i.entry)
-            .filter(|e| e.kind == FileKind::Firmware)
-            .filter(|e| {
-                e.model
-                    .as_deref()
-                    .is_some_and(|m| m.eq_ignore_ascii_case(model))
-            })
-            .filter(|e| e.path.rsplit_once('/').map_or("", |(d, _)| d) == dir)
-            .max_by(|a, b| {
-                let v = match (&a.version, &b.version) {
-                    (Some(x), Some(y)) => names::compare_versions(x, y),
-                    (Some(_), None) => std::cmp::Ordering::Greater,
-                    (None, Some(_)) => std::cmp::Ordering::Less,
-                    (None, None) => std::cmp::Ordering::Equal,
-                };
-                v.then(a.mtime_ms.cmp(&b.mtime_ms))
-            })
+        self.images
+            .get(dir)?
+            .get(model.to_ascii_uppercase().as_str())
     }
 
     /// Whether `dir` (relative, "" for the root) holds any file.

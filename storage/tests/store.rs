@@ -219,6 +219,26 @@ async fn mac_names_match_in_any_spelling_and_models_have_aliases() {
         );
     }
     assert!(store.lookup("445HD.img").is_err());
+
+    // Aliases are per directory, and follow the newest version as it arrives.
+    std::fs::create_dir(root.join("lab2")).unwrap();
+    std::fs::write(root.join("lab2/450HD_3.2.0.7.img"), b"lab2").unwrap();
+    std::fs::write(root.join("450HD_3.10.0.1.img"), b"newer").unwrap();
+    eventually("new files indexed", Duration::from_secs(2), || {
+        store.index().len() == 5
+    })
+    .await;
+    let alias = |p: &str| store.lookup(p).map(|e| e.path.clone()).ok();
+    assert_eq!(alias("450HD.img").as_deref(), Some("450HD_3.10.0.1.img"));
+    assert_eq!(
+        alias("lab2/450HD.img").as_deref(),
+        Some("lab2/450HD_3.2.0.7.img")
+    );
+    std::fs::remove_file(root.join("450HD_3.10.0.1.img")).unwrap();
+    eventually("the alias falls back", Duration::from_secs(2), || {
+        alias("450HD.img").as_deref() == Some("450HD_3.4.8.198.img")
+    })
+    .await;
 }
 
 #[tokio::test]
