@@ -132,7 +132,10 @@ pub async fn get(t: &Transport, req: &Request<'_>, sink: Sink<'_>) -> Result<Fet
         Err(_) => return Err(FetchError::Timeout(u, "opening the data connection".into())),
     };
 
-    let mut buf = vec![0u8; 64 * 1024];
+    // 256 KiB: with 64 KiB reads a 500-phone fleet made 192 k recv calls (hyper's
+    // client made 38 k for the same bytes over HTTP); with 256 KiB, 72 k, and the
+    // simulator's CPU fell from 6.4–7.7 s to 4.8–5.6 s.
+    let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0u64;
     let mut pace = Pace::new(req.rate);
     loop {
