@@ -115,6 +115,12 @@ pub enum EventKind {
     TransferProgress {
         id: u64,
         bytes: u64,
+        /// TFTP: the smoothed round trip of DATA to its ACK, in microseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rtt_us: Option<u64>,
+        /// TFTP: packets sent again so far (a lossy or slow link shows here first).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        retransmits: u64,
     },
     TransferFinished {
         id: u64,
@@ -145,6 +151,10 @@ pub enum EventKind {
         version: Option<String>,
         model: Option<String>,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,6 +68,8 @@ pub struct Transfer {
     last_emit: Instant,
     last_emit_bytes: u64,
     retransmits: u64,
+    /// TFTP's smoothed round trip, reported with each progress event.
+    rtt: Option<Duration>,
     ended: bool,
 }
 
@@ -113,6 +115,7 @@ impl Transfer {
             last_emit: now,
             last_emit_bytes: 0,
             retransmits: 0,
+            rtt: None,
             ended: false,
         }
     }
@@ -153,6 +156,8 @@ impl Transfer {
             self.bus.publish(EventKind::TransferProgress {
                 id: self.id,
                 bytes: self.bytes,
+                rtt_us: self.rtt.map(|d| d.as_micros() as u64),
+                retransmits: self.retransmits,
             });
             self.last_emit_bytes = self.bytes;
         }
@@ -161,6 +166,11 @@ impl Transfer {
 
     pub fn add_retransmits(&mut self, n: u64) {
         self.retransmits += n;
+    }
+
+    /// The current round-trip estimate (TFTP), carried by the next progress event.
+    pub fn set_rtt(&mut self, rtt: Duration) {
+        self.rtt = Some(rtt);
     }
 
     /// The transfer delivered everything it meant to.

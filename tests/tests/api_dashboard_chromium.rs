@@ -231,6 +231,27 @@ async fn a_row_appears_and_its_progress_bar_moves() {
         ))
         .await;
     assert!(sub.as_str().unwrap().contains("of 9.5 MiB"), "{sub}");
+    // TFTP's link figures, when the server reports them, join the progress line.
+    api.bus
+        .publish(provbox_protocols::events::EventKind::TransferProgress {
+            id,
+            bytes: size * 72 / 100,
+            rtt_us: Some(2_400),
+            retransmits: 5,
+        });
+    let sub = chrome
+        .poll(
+            &format!(
+                "document.querySelector('tr[data-key=\"{}\"] .prog-sub').textContent",
+                mac(7)
+            ),
+            |v| v.as_str().is_some_and(|s| s.contains("rtt")),
+        )
+        .await;
+    assert!(
+        sub.as_str().unwrap().contains("rtt 2.40 ms, 5 resent"),
+        "{sub}"
+    );
 
     // A new phone shows up live, without a reload.
     lease(&api.bus, 8);

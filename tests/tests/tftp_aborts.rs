@@ -330,12 +330,17 @@ async fn a_killed_client_is_recorded_as_aborted() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_for(
+    let pr = wait_for(
         &mut ev,
         "TransferProgress",
         |k| matches!(k, EventKind::TransferProgress { bytes, .. } if *bytes > 0),
     )
     .await;
+    // Progress carries the link's live round trip (loopback: well under a second).
+    let EventKind::TransferProgress { rtt_us, .. } = pr else {
+        unreachable!()
+    };
+    assert!(rtt_us.is_some_and(|r| r < 1_000_000), "rtt_us {rtt_us:?}");
     child.start_kill().unwrap();
     let _ = child.wait().await;
     let ab = wait_for(&mut ev, "TransferAborted", |k| {

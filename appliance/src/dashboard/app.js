@@ -204,6 +204,15 @@
     r.bar.classList.toggle("moving", moving);
   }
 
+  // TFTP only: the server's smoothed DATA→ACK round trip and packets sent again, the
+  // first signs of a lossy or slow link.
+  function linkText(p) {
+    const parts = [];
+    if (p.rtt_us != null) parts.push("rtt " + (p.rtt_us < 10000 ? (p.rtt_us / 1000).toFixed(2) : Math.round(p.rtt_us / 1000)) + " ms");
+    if (p.retransmits) parts.push(p.retransmits + " resent");
+    return parts.join(", ");
+  }
+
   function fillProgress(r, d) {
     const p = d.progress;
     const now = Date.now() + skew;
@@ -216,6 +225,8 @@
       const parts = [bytes(p.bytes) + " of " + bytes(p.total)];
       if (p.rate_bps) parts.push(bytes(p.rate_bps) + "/s");
       if (p.eta_s != null && d.state !== "stalled") parts.push("ETA " + dur(p.eta_s * 1000));
+      const link = linkText(p);
+      if (link) parts.push(link);
       r.sub.textContent = parts.join(" · ");
     } else if (d.burn) {
       const elapsed = Math.max(0, now - d.burn.started_ms);
@@ -353,7 +364,8 @@
     if (d.progress) {
       const p = d.progress;
       fact("Transfer", p.proto.toUpperCase() + " " + p.file + ": " + p.pct.toFixed(1) + " % of " + bytes(p.total)
-        + (p.rate_bps ? " at " + bytes(p.rate_bps) + "/s" : "") + (p.eta_s != null ? ", ETA " + dur(p.eta_s * 1000) : ""));
+        + (p.rate_bps ? " at " + bytes(p.rate_bps) + "/s" : "") + (p.eta_s != null ? ", ETA " + dur(p.eta_s * 1000) : "")
+        + (linkText(p) ? "; " + linkText(p) : ""));
     }
     if (d.burn) fact("Burning", d.burn.image + " for " + dur(Date.now() + skew - d.burn.started_ms) + " (expected about " + dur(d.burn.expected_ms) + ")");
     fact("Firmware", (d.firmware || "unknown") + (d.firmware_source ? "  (from the " + d.firmware_source.replace("_", " ") + ")" : ""));

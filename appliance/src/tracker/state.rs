@@ -181,6 +181,11 @@ struct Active {
     rate_bps: f64,
     /// Read past `firmware_check_bytes`: a download, not a header check.
     past_check: bool,
+    /// TFTP: the server's smoothed round trip and packets sent again, as last reported.
+    #[serde(default)]
+    rtt_us: Option<u64>,
+    #[serde(default)]
+    retransmits: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +287,12 @@ pub struct ProgressView {
     pub eta_s: Option<u64>,
     pub started_ms: u64,
     pub last_progress_ms: u64,
+    /// TFTP: the smoothed DATA→ACK round trip, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    /// TFTP: packets sent again so far in this transfer.
+    #[serde(default)]
+    pub retransmits: u64,
 }
 
 /// A burn, for display.
@@ -722,6 +733,8 @@ impl Device {
             eta_s,
             started_ms: a.started_ms,
             last_progress_ms: a.last_progress_ms,
+            rtt_us: a.rtt_us,
+            retransmits: a.retransmits,
         })
     }
 
@@ -957,9 +970,12 @@ impl Tracker {
                 };
                 self.on_started(start, ev, index, &mut out);
             }
-            EventKind::TransferProgress { id, bytes } => {
-                self.on_progress(*id, *bytes, ev, &mut out)
-            }
+            EventKind::TransferProgress {
+                id,
+                bytes,
+                rtt_us,
+                retransmits,
+            } => self.on_progress(*id, *bytes, (*rtt_us, *retransmits), ev, &mut out),
             EventKind::TransferFinished {
                 id,
                 bytes,
@@ -1364,6 +1380,8 @@ impl Tracker {
             last_progress_ms: at,
             rate_bps: 0.0,
             past_check: resumed && s.offset > check_bytes,
+            rtt_us: None,
+            retransmits: 0,
         };
         // One buffer for the whole note (this runs for every request served).
         let mut text = String::with_capacity(96);
@@ -1447,7 +1465,15 @@ impl Tracker {
         self.fleet.transfers.insert(s.id, key);
     }
 
-    fn on_progress(&mut self, id: u64, bytes: u64, ev: &WireEvent, out: &mut Vec<StateChange>) {
+    /// `link`: TFTP's round trip (µs) and retransmissions so far, when reported.
+    fn on_progress(
+        &mut self,
+        id: u64,
+        bytes: u64,
+        link: (Option<u64>, u64),
+        ev: &WireEvent,
+        out: &mut Vec<StateChange>,
+    ) {
         let Some(key) = self.fleet.transfers.get(&id).cloned() else {
             return;
         };
@@ -1477,6 +1503,10 @@ impl Tracker {
         if db > 0 {
             a.last_progress_ms = at;
         }
+        if link.0.is_some() {
+            a.rtt_us = link.0;
+        }
+        a.retransmits = a.retransmits.max(link.1);
         let crossed =
             a.kind == FileKind::Firmware && !a.past_check && a.offset + a.bytes > check_bytes;
         if crossed {

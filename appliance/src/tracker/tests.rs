@@ -145,7 +145,12 @@ impl Sim {
     }
 
     fn progress(&mut self, id: u64, bytes: u64) {
-        self.ev(EventKind::TransferProgress { id, bytes });
+        self.ev(EventKind::TransferProgress {
+            id,
+            bytes,
+            rtt_us: None,
+            retransmits: 0,
+        });
     }
     fn finish(&mut self, id: u64, bytes: u64) {
         self.ev(EventKind::TransferFinished {
@@ -362,6 +367,19 @@ fn progress_has_bytes_rate_and_eta() {
     assert!(p.rate_bps > 0);
     assert!(p.eta_s.is_some());
     assert_eq!(p.proto, Proto::Tftp);
+    assert_eq!((p.rtt_us, p.retransmits), (None, 0));
+
+    // TFTP's link figures: the latest round trip is shown, and a progress event
+    // without one (an early block) does not blank it.
+    s.ev(EventKind::TransferProgress {
+        id: 7,
+        bytes: MB10 * 6 / 10,
+        rtt_us: Some(1_850),
+        retransmits: 3,
+    });
+    s.progress(7, MB10 * 7 / 10);
+    let p = s.view(MAC).progress.unwrap();
+    assert_eq!((p.rtt_us, p.retransmits), (Some(1_850), 3));
 }
 
 #[test]
@@ -1022,6 +1040,8 @@ async fn publish_upgrade(bus: &EventBus, mac: &str, ip: &str) {
     bus.publish(EventKind::TransferProgress {
         id,
         bytes: MB10 / 2,
+        rtt_us: None,
+        retransmits: 0,
     });
     bus.publish(EventKind::TransferFinished {
         id,

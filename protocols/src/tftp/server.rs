@@ -684,7 +684,12 @@ impl SendObserver for Accounting<'_> {
         self.acked = acked;
         if self.reported == 0 || acked - self.reported >= REPORT_BYTES || acked >= self.size {
             self.reported = acked;
-            self.transfer().progress(acked);
+            let srtt = self.srtt;
+            let t = self.transfer();
+            if let Some(r) = srtt {
+                t.set_rtt(r);
+            }
+            t.progress(acked);
         }
     }
 

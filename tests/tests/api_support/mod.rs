@@ -147,7 +147,12 @@ pub fn start_download(bus: &EventBus, i: u8, size: u64) -> u64 {
 }
 
 pub fn progress(bus: &EventBus, id: u64, bytes: u64) {
-    bus.publish(EventKind::TransferProgress { id, bytes });
+    bus.publish(EventKind::TransferProgress {
+        id,
+        bytes,
+        rtt_us: None,
+        retransmits: 0,
+    });
 }
 
 pub fn finish(bus: &EventBus, id: u64, bytes: u64) {

@@ -287,7 +287,7 @@ impl EventLog {
                     progress: 0,
                     end: None,
                 }),
-                EventKind::TransferProgress { id, bytes } => {
+                EventKind::TransferProgress { id, bytes, .. } => {
                     if let Some(x) = out.iter_mut().find(|x| x.id == *id) {
                         x.progress = x.progress.max(*bytes);
                     }
