@@ -145,7 +145,7 @@ impl Probe {
                     .unwrap()
                     .unwrap();
                 assert!(r.complete);
-                r.sha256
+                r.sha256.expect("hashed by default")
             }
         }
     }

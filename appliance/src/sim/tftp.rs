@@ -37,6 +37,7 @@ pub async fn get(t: &Transport, req: &Request<'_>, sink: Sink<'_>) -> Result<Fet
         bind_ip: req.bind_ip.map(Into::into),
         stop_after_blocks: stop_after,
         keep_data: false,
+        hash: false,
         ..ClientOptions::default()
     };
     // The TFTP path is the URL path without its leading slash (servers chroot anyway).
