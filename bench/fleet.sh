@@ -119,8 +119,9 @@ if [ -n "$PEERS" ] && [ ! -s "$PSTORE/.done" ]; then
   chmod -R a+rX "$PSTORE"; touch "$PSTORE/.done"
 fi
 
-printf '%-6s %7s %11s %8s %6s %8s %6s %6s %8s %9s %9s %10s %9s %10s %s\n' \
-  proto phones bytes wall_s tcp_gb limit_s ratio dl_s dl_ratio udp_lim_s srv_cpu_s srv_rss_mb sim_cpu_s sim_rss_mb load >"$OUT/table.txt"
+NCPU=$(nproc)
+printf '%-6s %7s %11s %8s %6s %8s %6s %6s %8s %9s %9s %10s %9s %10s %9s %s\n' \
+  proto phones bytes wall_s tcp_gb limit_s ratio dl_s dl_ratio udp_lim_s srv_cpu_s srv_rss_mb sim_cpu_s sim_rss_mb cpu_lim_s load >"$OUT/table.txt"
 
 run_proto() {
   local proto=$1 n=$2 peer=${3:-}
@@ -250,12 +251,13 @@ CONF
   awk -v p="$label" -v pr="$proto" -v n="$prov/$total" -v b="$bytes" -v w="$wall" -v g="$TCP_GBPS" -v ug="$UDP_GBPS" \
       -v dl="$dl" -v ib="$IMG_BYTES" -v np="$2" \
       -v c="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{print b-a}')" -v r="$hwm" \
-      -v su="$sim_u" -v ss="$sim_s" -v sk="$sim_kb" -v ld="$ld" 'BEGIN{
+      -v su="$sim_u" -v ss="$sim_s" -v sk="$sim_kb" -v ld="$ld" -v ncpu="$NCPU" -v peer="$peer" 'BEGIN{
         lim = b * 8 / (g * 1e9);
         ulim = (pr == "tftp") ? sprintf("%.1f", b * 8 / (ug * 1e9)) : "-";
         dlim = ib * np * 8 / (g * 1e9);
-        printf "%-6s %7s %11.0f %8.1f %6.1f %8.1f %6.2f %6.1f %8.2f %9s %9.1f %10.0f %9.1f %10.0f %s\n",
-          p, n, b, w, g, lim, w / lim, dl / 1000, (dl / 1000) / dlim, ulim, c, r / 1024, su + ss, sk / 1024, ld }' >>"$OUT/table.txt"
+        clim = (peer == "") ? sprintf("%.1f", (c + su + ss) / ncpu) : "-";
+        printf "%-6s %7s %11.0f %8.1f %6.1f %8.1f %6.2f %6.1f %8.2f %9s %9.1f %10.0f %9.1f %10.0f %9s %s\n",
+          p, n, b, w, g, lim, w / lim, dl / 1000, (dl / 1000) / dlim, ulim, c, r / 1024, su + ss, sk / 1024, clim, ld }' >>"$OUT/table.txt"
 }
 
 for proto in $PROTOCOLS; do
@@ -277,5 +279,6 @@ echo "image $IMG_BYTES bytes; loopback measured with iperf3 before and after eac
 echo "limit = bytes x 8 / tcp_gb; ratio = wall / limit; udp_lim = bytes x 8 / UDP(1468 B) throughput"
 echo "dl_s = the fleet's image phase (first download start to last burn start); dl_ratio = dl_s / (images' bytes x 8 / TCP throughput)"
 echo "wall also holds each phone's three DHCP exchanges, header checks, two config fetches and reboots"
+echo "cpu_lim_s = (server + simulator CPU) / $NCPU cores: the wall time if every core were busy all along (not for peer rows, whose CPU is not measured)"
 cat "$OUT/table.txt"
 echo "(srv = provbox serve, sim = provbox sim; cpu in seconds, rss = peak VmHWM / max RSS in MiB; a peer row (nginx, vsftpd, tftpd-hpa) measures no server CPU or RSS; raw reports in $OUT)"
