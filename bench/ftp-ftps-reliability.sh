@@ -36,8 +36,8 @@ CA="$W/state/tls/cert.pem"
 URL="ftp://127.0.0.1:$PB_PORT/$F_CFG"
 
 worker() { # ID COUNT
-  local ok=0 i
-  for i in $(seq 1 "$2"); do
+  local ok=0
+  for _ in $(seq 1 "$2"); do
     rm -f "$W/c$1"
     if curl -sS --max-time 20 --ssl-reqd --cacert "$CA" -o "$W/c$1" "$URL" 2>>"$W/e$1" && cmp -s "$W/c$1" "$BENCH_STORE/$F_CFG"; then
       ok=$((ok+1))
@@ -54,7 +54,7 @@ fig ftps_curl_failed $((total - ok)) count
 [ "$ok" -eq "$total" ] || { log "curl errors:"; cat "$W"/e* | sort | uniq -c | head >&2; }
 
 H64=$(sum_of "$BENCH_STORE/$F_SUMS" "$F_IMG64"); lok=0
-for i in $(seq 1 30); do
+for _ in $(seq 1 30); do
   rm -f "$W/l"
   timeout 60 lftp -p "$PB_PORT" -e "set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:verify-certificate no; set net:max-retries 1; set cmd:fail-exit yes; get $F_IMG64 -o $W/l; bye" 127.0.0.1 >/dev/null 2>>"$W/lerr" \
     && [ "$(sha256sum <"$W/l" | cut -d' ' -f1)" = "$H64" ] && lok=$((lok+1))

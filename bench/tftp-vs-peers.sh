@@ -84,6 +84,7 @@ if on loss; then
   start_provbox provbox-ns 198.18.0.1:$PB_PORT pbsrv
   "$P/netns.sh" loss 1
   for t in "tftpd-hpa 20069" "dnsmasq 20070" "provbox $PB_PORT"; do
+    # shellcheck disable=SC2086 # split "name port" into $1 and $2 on purpose
     set -- $t
     SREPS=1 REPEAT_MAX_FOREIGN=1000 section "$1 veth loss 1%" ip netns exec pbcli \
       env SINGLE_FILE="$F_IMG8" SKIP="curl hpa window cfg conc" BLKSIZES=1468 XFER_TIMEOUT=150 \

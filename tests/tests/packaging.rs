@@ -194,6 +194,27 @@ fn the_packaging_scripts_pass_shellcheck() {
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
 
+/// The benchmark scripts too, at warning level: the notes shellcheck gives at info
+/// level are about files they source from `../shared/bench`, outside this repository.
+#[test]
+fn the_bench_scripts_pass_shellcheck() {
+    require("shellcheck");
+    let mut scripts: Vec<PathBuf> = std::fs::read_dir(repo().join("bench"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sh"))
+        .collect();
+    scripts.sort();
+    assert!(scripts.len() >= 8, "bench scripts: {scripts:?}");
+    let out = run(
+        Command::new("shellcheck")
+            .args(["-S", "warning"])
+            .args(&scripts),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
 /// The build stage's first layer copies every member's manifest, and the stand-in
 /// workspace it builds resolves against Cargo.lock exactly as `--locked` demands.
 #[test]
