@@ -227,10 +227,11 @@ CONF
   if [ -n "$peer" ]; then
     "$SB/peers/stop.sh" "$peer" >/dev/null 2>&1 || true; PEER_UP=
   fi
-  local tcp_before=$TCP_GBPS udp_before=$UDP_GBPS
+  # The figures after this row are also the "before" of a peer row that follows it.
+  local tcp_before=$TCP_GBPS udp_before=$UDP_GBPS tcp_row udp_row
   measure_limits "$proto"
-  TCP_GBPS=$(awk -v a="$tcp_before" -v b="$TCP_GBPS" 'BEGIN{printf "%.2f", (a + b) / 2}')
-  UDP_GBPS=$(awk -v a="$udp_before" -v b="$UDP_GBPS" 'BEGIN{printf "%.2f", (a + b) / 2}')
+  tcp_row=$(awk -v a="$tcp_before" -v b="$TCP_GBPS" 'BEGIN{printf "%.2f", (a + b) / 2}')
+  udp_row=$(awk -v a="$udp_before" -v b="$UDP_GBPS" 'BEGIN{printf "%.2f", (a + b) / 2}')
   if [ -n "$peer" ]; then
     # The peer's CPU and memory are spread over forked or worker processes; only its
     # time is compared (provbox's own serve process above did DHCP only).
@@ -248,7 +249,7 @@ CONF
   local dl
   dl=$(jq '([.phones[] | [.timeline[] | select(.phase=="burning") | .at_ms] | min // 0] | max)
            - ([.phones[] | .timeline[] | select(.phase=="firmware_download") | .at_ms] | min // 0)' "$W/report.json")
-  awk -v p="$label" -v pr="$proto" -v n="$prov/$total" -v b="$bytes" -v w="$wall" -v g="$TCP_GBPS" -v ug="$UDP_GBPS" \
+  awk -v p="$label" -v pr="$proto" -v n="$prov/$total" -v b="$bytes" -v w="$wall" -v g="$tcp_row" -v ug="$udp_row" \
       -v dl="$dl" -v ib="$IMG_BYTES" -v np="$2" \
       -v c="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{print b-a}')" -v r="$hwm" \
       -v su="$sim_u" -v ss="$sim_s" -v sk="$sim_kb" -v ld="$ld" -v ncpu="$NCPU" -v peer="$peer" 'BEGIN{
@@ -266,7 +267,6 @@ for proto in $PROTOCOLS; do
   measure_limits "$proto"
   run_proto "$proto" "$n"
   if [ -n "$PEERS" ]; then
-    measure_limits "$proto"
     case $proto in
       https) run_proto https "$n" nginx ;;
       ftp) run_proto ftp "$n" vsftpd ;;
