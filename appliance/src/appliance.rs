@@ -5,7 +5,9 @@
 //! ```no_run
 //! # async fn t() -> anyhow::Result<()> {
 //! let dir = tempfile::tempdir()?;
-//! let app = provbox::Appliance::builder().store(dir.path().join("store")).state(dir.path().join("state")).loopback().start().await?;
+//! // With `loopback()` and no `.state(…)`, leases, journal and TLS key go to a fresh
+//! // temporary directory that lives as long as the appliance.
+//! let app = provbox::Appliance::builder().store(dir.path()).loopback().start().await?;
 //! println!("HTTP on {:?}", app.addrs().http);
 //! app.shutdown().await;
 //! # Ok(()) }
@@ -57,6 +59,9 @@ pub struct Appliance {
     /// Stops the tracker, once the servers have finished (see [`Appliance::shutdown`]).
     tracker_stop: CancellationToken,
     tasks: TaskTracker,
+    /// The temporary state directory a `loopback()` fixture got; removed when the
+    /// appliance is dropped (after `shutdown` has closed every file in it).
+    _temp_state: Option<tempfile::TempDir>,
 }
 
 /// Builds an [`Appliance`].
@@ -64,6 +69,9 @@ pub struct Appliance {
 pub struct ApplianceBuilder {
     config: Config,
     grace: Duration,
+    loopback: bool,
+    /// `.state(…)` was called.
+    state_set: bool,
 }
 
 impl Default for ApplianceBuilder {
@@ -71,6 +79,8 @@ impl Default for ApplianceBuilder {
         Self {
             config: Config::default(),
             grace: Duration::from_secs(10),
+            loopback: false,
+            state_set: false,
         }
     }
 }
@@ -99,8 +109,11 @@ impl ApplianceBuilder {
         self.config.store.root = dir.into();
         self
     }
+    /// Where leases, the journal, the TLS key and blobs are kept. With `loopback()`
+    /// and no state directory (here or in `config`), a temporary one is used.
     pub fn state(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.state.dir = dir.into();
+        self.state_set = true;
         self
     }
     /// How long in-flight downloads may run on after shutdown is asked for.
@@ -109,8 +122,12 @@ impl ApplianceBuilder {
         self
     }
     /// Every service on 127.0.0.1 with an ephemeral port, DHCP in relay mode with a
-    /// pool in 127.77.0.0/16: no root needed, and tests can run side by side.
+    /// pool in 127.77.0.0/16: no root needed, and tests can run side by side. Unless a
+    /// state directory is given, state goes to a temporary directory: the default
+    /// `./state` would be shared by every fixture started from the same directory,
+    /// and a journal replay would bring back another test's phones.
     pub fn loopback(mut self) -> Self {
+        self.loopback = true;
         let lo = |_: SocketAddr| SocketAddr::from(([127, 0, 0, 1], 0));
         let c = &mut self.config;
         c.dhcp.bind = lo(c.dhcp.bind);
@@ -143,8 +160,23 @@ impl ApplianceBuilder {
         self
     }
 
-    pub async fn start(self) -> anyhow::Result<Appliance> {
-        Appliance::start(self.config, self.grace).await
+    pub async fn start(mut self) -> anyhow::Result<Appliance> {
+        let temp_state = if self.loopback
+            && !self.state_set
+            && self.config.state.dir == Config::default().state.dir
+        {
+            let dir = tempfile::Builder::new()
+                .prefix("provbox-state.")
+                .tempdir()
+                .context("cannot create a temporary state directory for the loopback appliance; set one with .state(dir)")?;
+            self.config.state.dir = dir.path().to_path_buf();
+            Some(dir)
+        } else {
+            None
+        };
+        let mut app = Appliance::start(self.config, self.grace).await?;
+        app._temp_state = temp_state;
+        Ok(app)
     }
 }
 
@@ -164,6 +196,11 @@ impl Appliance {
     }
     pub fn config(&self) -> &Config {
         &self.config
+    }
+    /// Where this appliance keeps its state (`<state>/tls/cert.pem` is the HTTPS
+    /// certificate a test client should trust).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.config.state.dir
     }
     pub fn tracker(&self) -> &TrackerHandle {
         &self.tracker
@@ -434,6 +471,7 @@ impl Appliance {
             shutdown,
             tracker_stop,
             tasks,
+            _temp_state: None,
         };
         app.log_addresses();
         Ok(app)

@@ -101,9 +101,9 @@ async fn any_http_client_is_tracked() -> anyhow::Result<()> {
     let cfg = b"system/type=440HD\nvoip/line/0/enabled=1\n";
     std::fs::write(store.join("00908f0000aa.cfg"), cfg)?;
 
+    // No `.state(…)`: a loopback fixture keeps its state in a temporary directory.
     let app = Appliance::builder()
         .store(&store)
-        .state(dir.path().join("state"))
         .loopback()
         .start()
         .await?;
@@ -193,5 +193,57 @@ async fn shutdown_releases_listeners_and_the_watcher() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    Ok(())
+}
+
+/// Fixtures that name no state directory each get their own temporary one, removed
+/// after shutdown: the default `./state` would share leases and the journal between
+/// tests, so one test's phones would reappear in the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_fixtures_without_a_state_dir_share_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("00908f0000bb.cfg"), b"system/type=450HD\n")?;
+    let ua = "AUDC-IPPhone/2.2.8.61 (450HD; 00908F0000BB)";
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        let app = Appliance::builder()
+            .store(dir.path())
+            .loopback()
+            .start()
+            .await?;
+        let state = app.state_dir().to_path_buf();
+        assert!(state.is_absolute() && state.is_dir(), "{}", state.display());
+        assert!(
+            !state.starts_with(std::env::current_dir()?),
+            "{}",
+            state.display()
+        );
+        assert!(
+            app.tracker().device("00908F0000BB").is_none(),
+            "round {round}: the phone came back from an earlier fixture's journal"
+        );
+        let http = app.addrs().http.expect("HTTP runs");
+        let mut s = tokio::net::TcpStream::connect(http).await?;
+        s.write_all(
+            format!("GET /00908f0000bb.cfg HTTP/1.1\r\nHost: p\r\nUser-Agent: {ua}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        s.read_to_end(&mut Vec::new()).await?;
+        app.wait_for(
+            "00908F0000BB",
+            PhoneState::Provisioned,
+            Duration::from_secs(10),
+        )
+        .await?;
+        app.shutdown().await;
+        assert!(
+            !state.exists(),
+            "{} outlived the appliance",
+            state.display()
+        );
+        seen.push(state);
+    }
+    assert_ne!(seen[0], seen[1]);
     Ok(())
 }
