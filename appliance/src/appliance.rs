@@ -318,9 +318,18 @@ impl Appliance {
             None
         };
 
+        if !config.access.allow.is_empty() {
+            let nets: Vec<String> = config.access.allow.iter().map(|n| n.to_string()).collect();
+            tracing::info!(allow = %nets.join(", "), "file servers serve only these clients ([access] allow)");
+        }
+
         // Bind everything first.
         let http = if config.http.enabled {
-            Some(HttpServer::bind(config.http.bind, None, store.clone(), bus.clone()).await?)
+            Some(
+                HttpServer::bind(config.http.bind, None, store.clone(), bus.clone())
+                    .await?
+                    .with_access(config.access.clone()),
+            )
         } else {
             None
         };
@@ -332,14 +341,19 @@ impl Appliance {
                     store.clone(),
                     bus.clone(),
                 )
-                .await?,
+                .await?
+                .with_access(config.access.clone()),
             ),
             _ => None,
         };
         addrs.http = http.as_ref().and_then(|s| s.local_addr().ok());
         addrs.https = https.as_ref().and_then(|s| s.local_addr().ok());
         let tftp = if config.tftp.enabled {
-            Some(TftpServer::bind(&config.tftp, store.clone(), bus.clone()).context("TFTP")?)
+            Some(
+                TftpServer::bind(&config.tftp, store.clone(), bus.clone())
+                    .context("TFTP")?
+                    .with_access(config.access.clone()),
+            )
         } else {
             None
         };
@@ -354,7 +368,8 @@ impl Appliance {
                     ftps,
                 )
                 .await
-                .context("FTP")?,
+                .context("FTP")?
+                .with_access(config.access.clone()),
             )
         } else {
             None

@@ -21,8 +21,8 @@ use toml_edit::{DocumentMut, Item, Value};
 use crate::{Config, ConfigError, validate};
 
 /// The config sections, longest first so that `HTTPS_` is not read as `HTTP_` + `S_…`.
-const SECTIONS: [&str; 9] = [
-    "tracker", "store", "state", "https", "dhcp", "tftp", "http", "ftp", "api",
+const SECTIONS: [&str; 10] = [
+    "tracker", "access", "store", "state", "https", "dhcp", "tftp", "http", "ftp", "api",
 ];
 
 /// Variables the CLI reads itself; never config.
@@ -100,7 +100,8 @@ fn read(
     let mut candidates: Vec<Value> = Vec::new();
     candidates.extend(literal.clone());
     candidates.push(Value::from(raw));
-    if raw.contains(',') && literal.is_none() {
+    // A list, also of one item (`PROVBOX_ACCESS_ALLOW=10.20.0.0/16`).
+    if literal.is_none() {
         let items = raw.split(',').map(str::trim).filter(|s| !s.is_empty());
         candidates.push(Value::Array(items.collect()));
     }

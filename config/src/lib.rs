@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use types::{Duration, Ipv4Net, Ipv4Range, MacAddr, MacPrefix, PortRange};
+pub use types::{ClientNet, Duration, Ipv4Net, Ipv4Range, MacAddr, MacPrefix, PortRange};
 pub use validate::{PLACEHOLDERS, TemplateVars, expand_template};
 
 /// A config problem, with where it is and what to do about it.
@@ -59,6 +59,27 @@ pub struct Config {
     pub https: HttpsConfig,
     pub api: ApiConfig,
     pub tracker: TrackerConfig,
+    pub access: AccessConfig,
+}
+
+/// `[access]`: which clients may fetch and upload files over TFTP, FTP, HTTP and
+/// HTTPS. Config files carry SIP credentials; on a shared lab network, list the phone
+/// subnets here. DHCP and the API are not covered: DHCP answers by policy, the API has
+/// its token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Client networks or addresses allowed; empty (the default) allows every client.
+    /// Others get TFTP ERROR 2, HTTP 403, or FTP 421 at connect, each recorded as a
+    /// refused request.
+    pub allow: Vec<ClientNet>,
+}
+
+impl AccessConfig {
+    /// Whether a client at `ip` may use the file servers.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(ip))
+    }
 }
 
 /// `[store]`: the watched file store phones download from.
@@ -316,6 +337,9 @@ pub struct TftpConfig {
     pub upload_dir: Option<PathBuf>,
     /// Largest upload accepted, bytes.
     pub upload_max: u64,
+    /// Transfers at once (dnsmasq's `--tftp-max`); requests beyond it get ERROR 0
+    /// "server busy" and the phone retries. Lower it to spread a fleet's reboot storm.
+    pub max_transfers: usize,
 }
 
 impl Default for TftpConfig {
@@ -332,6 +356,7 @@ impl Default for TftpConfig {
             retries: 6,
             upload_dir: None,
             upload_max: 16 * 1024 * 1024,
+            max_transfers: 4096,
         }
     }
 }

@@ -25,6 +25,86 @@ fn example_file_loads() {
     );
 }
 
+/// The example documents every field: each field of each section (and of a policy, a
+/// match, a reservation, an option and an FTP user) appears in it as `field =`, set or
+/// commented out. A new field without a line there fails this test.
+#[test]
+fn example_file_names_every_field() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../provbox.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mentioned = |field: &str| {
+        text.lines().any(|l| {
+            let l = l.trim_start_matches(|c: char| c == '#' || c.is_whitespace());
+            l.starts_with(&format!("{field} ="))
+                || l.contains(&format!("{{ {field} ="))
+                || l.contains(&format!(", {field} ="))
+        })
+    };
+    let mut missing = Vec::new();
+    let mut check = |what: &str, v: serde_json::Value| {
+        for k in v
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            // Array-of-tables sections are checked through their element types below.
+            if matches!(k.as_str(), "policy" | "reservation" | "option" | "user") {
+                continue;
+            }
+            if !mentioned(&k) {
+                missing.push(format!("{what}.{k}"));
+            }
+        }
+    };
+    let c = serde_json::to_value(Config::default()).unwrap_or_else(|e| panic!("{e}"));
+    for (section, v) in c.as_object().into_iter().flatten() {
+        check(section, v.clone());
+    }
+    let policy = Policy {
+        name: None,
+        matcher: Match::default(),
+        provisioning_url: None,
+        tftp_server: None,
+        boot_file: None,
+        force_160: false,
+        options: Vec::new(),
+    };
+    fn json<T: Serialize>(v: T) -> serde_json::Value {
+        serde_json::to_value(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+    check("dhcp.policy", json(&policy));
+    check("dhcp.policy.match", json(Match::default()));
+    check(
+        "dhcp.reservation",
+        json(Reservation {
+            mac: MacAddr([0; 6]),
+            ip: Ipv4Addr::UNSPECIFIED,
+            hostname: None,
+        }),
+    );
+    check(
+        "dhcp.option",
+        json(CustomOption {
+            code: 1,
+            text: None,
+            ip: None,
+            hex: None,
+        }),
+    );
+    check(
+        "ftp.user",
+        json(FtpUser {
+            name: String::new(),
+            password_hash: String::new(),
+            upload: false,
+        }),
+    );
+    assert!(
+        missing.is_empty(),
+        "provbox.example.toml does not mention: {missing:?}"
+    );
+}
+
 #[test]
 fn empty_config_is_valid() {
     let c = parse("").unwrap_or_else(|e| panic!("{e}"));
@@ -347,4 +427,49 @@ fn apply_env_on_a_built_config_and_load_with_vars() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.dhcp.policies.len(), 3);
     assert_eq!(c.http.bind.port(), 8080);
+}
+
+#[test]
+fn access_allow_list_parses_networks_and_addresses_and_matches_clients() {
+    let c = parse("[access]\nallow = [\"10.20.1.5/16\", \"192.0.2.7\", \"2001:db8::/32\"]\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ip = |s: &str| {
+        s.parse::<std::net::IpAddr>()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    // Host bits are dropped; a bare address is one host.
+    assert_eq!(c.access.allow[0].to_string(), "10.20.0.0/16");
+    assert_eq!(c.access.allow[1].to_string(), "192.0.2.7/32");
+    assert!(c.access.permits(ip("10.20.200.1")));
+    assert!(c.access.permits(ip("192.0.2.7")));
+    assert!(!c.access.permits(ip("192.0.2.8")));
+    assert!(!c.access.permits(ip("10.21.0.1")));
+    assert!(c.access.permits(ip("2001:db8::1")));
+    // A dual-stack socket reports IPv4 clients as mapped addresses.
+    assert!(c.access.permits(ip("::ffff:10.20.0.9")));
+    assert!(!c.access.permits(ip("::ffff:10.21.0.9")));
+    // Empty: everyone.
+    assert!(Config::default().access.permits(ip("203.0.113.9")));
+    let e = err("[access]\nallow = [\"10.20.0.0/33\"]\n");
+    assert!(e.contains("t.toml:2") && e.contains("10.20.0.0/33"), "{e}");
+}
+
+#[test]
+fn env_sets_a_list_of_one_item() {
+    let c = with_env(
+        "",
+        &[
+            ("PROVBOX_ACCESS_ALLOW", "10.20.0.0/16"),
+            ("PROVBOX_DHCP_DNS", "192.0.2.1"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.access.allow.len(), 1);
+    assert_eq!(c.dhcp.dns.len(), 1);
+    let c = with_env(
+        "",
+        &[("PROVBOX_ACCESS_ALLOW", "10.20.0.0/16, 192.0.2.0/24")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.access.allow.len(), 2);
 }

@@ -1,9 +1,10 @@
 //! Small value types that appear in the config file: human durations (`90s`, `1h`),
 //! port ranges (`30100-30199`), IPv4 ranges (`192.0.2.100-192.0.2.199`) and MAC
-//! addresses in any common spelling. Each parses from a string and prints back the same way.
+//! addresses in any common spelling, client networks (`10.20.0.0/16`, `2001:db8::/32`
+//! or one address). Each parses from a string and prints back the same way.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -223,6 +224,41 @@ impl fmt::Display for Ipv4Net {
     }
 }
 string_serde!(Ipv4Net, "a network such as \"192.0.2.0/24\"");
+
+/// A client network for an allow-list: `10.20.0.0/16`, `2001:db8::/32`, or a single
+/// address (`192.0.2.7`, meaning /32 or /128). ipnet parses the networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientNet(pub ipnet::IpNet);
+
+impl ClientNet {
+    /// Whether `ip` is inside; an IPv4-mapped IPv6 address (`::ffff:192.0.2.7`, as a
+    /// dual-stack socket reports IPv4 clients) counts as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl FromStr for ClientNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(ClientNet(ipnet::IpNet::from(ip)));
+        }
+        s.parse::<ipnet::IpNet>()
+            .map(|n| ClientNet(n.trunc()))
+            .map_err(|_| format!("`{s}` is neither an address nor a network ADDRESS/PREFIX"))
+    }
+}
+impl fmt::Display for ClientNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+string_serde!(
+    ClientNet,
+    "a network such as \"10.20.0.0/16\" or \"2001:db8::/32\", or one address"
+);
 
 /// A MAC address. Accepts `00:90:8f:12:34:56`, `00-90-8F-12-34-56`, `00908f123456`
 /// and `0090.8f12.3456`; prints lowercase with colons.

@@ -395,3 +395,62 @@ async fn shutdown_ends_every_transfer_and_tells_the_client() {
     }
     assert!(saw_error, "the client was not told about the shutdown");
 }
+
+/// `[tftp] max_transfers`: with one slot taken, a second client's request gets ERROR 0
+/// "server busy" and a refusal event; once the first transfer ends, the slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_transfers_refuses_the_next_client_until_a_slot_frees() {
+    let img = random_bytes(100_000, 11);
+    let fx = start(&[("450HD.img", &img)], |c| c.max_transfers = 1).await;
+    let mut ev = fx.events();
+    let first = Raw::new(fx.addr).await;
+    first.send_to(&rrq("450HD.img", vec![]), fx.addr).await;
+    let (d, tid) = first.expect().await;
+    assert!(matches!(
+        Packet::decode(&d),
+        Ok(Packet::Data { block: 1, .. })
+    ));
+
+    let second = Raw::new(fx.addr).await;
+    second.send_to(&rrq("450HD.img", vec![]), fx.addr).await;
+    let (d, _) = second.expect().await;
+    match Packet::decode(&d) {
+        Ok(Packet::Error { code, message }) => {
+            assert_eq!(code, ErrorCode::NotDefined);
+            assert!(message.contains("busy"), "{message}");
+        }
+        other => panic!("expected ERROR server busy, got {other:?}"),
+    }
+    let refused = wait_for(&mut ev, "TransferRefused", |k| {
+        matches!(k, EventKind::TransferRefused { .. })
+    })
+    .await;
+    let EventKind::TransferRefused { reason, peer, .. } = refused else {
+        unreachable!()
+    };
+    assert_eq!(peer, second.sock.local_addr().unwrap());
+    assert!(reason.contains("max_transfers (1)"), "{reason}");
+
+    // The first client gives up; its slot frees and the second is served.
+    first
+        .send_to(&error(ErrorCode::NotDefined, "done"), tid)
+        .await;
+    wait_for(&mut ev, "TransferAborted", |k| {
+        matches!(k, EventKind::TransferAborted { .. })
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        second.send_to(&rrq("450HD.img", vec![]), fx.addr).await;
+        let (d, _) = second.expect().await;
+        if matches!(Packet::decode(&d), Ok(Packet::Data { block: 1, .. })) {
+            break;
+        }
+        // The aborted transfer's task may not have left the table yet.
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

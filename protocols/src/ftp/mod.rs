@@ -37,7 +37,7 @@ use provbox_storage::Store;
 pub use auth::FtpUser;
 pub use backend::Meta;
 
-use crate::events::EventBus;
+use crate::events::{EventBus, EventKind, Proto};
 use auth::{Accounts, SessionAuth};
 use backend::StoreBackend;
 use passive::PassivePorts;
@@ -111,6 +111,7 @@ pub struct FtpServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
+    access: provbox_config::AccessConfig,
 }
 
 impl FtpServer {
@@ -187,6 +188,7 @@ impl FtpServer {
         Ok(FtpServer {
             listener,
             local_addr,
+            access: provbox_config::AccessConfig::default(),
             shared: Arc::new(shared),
         })
     }
@@ -194,6 +196,12 @@ impl FtpServer {
     /// The bound control address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Serve only the clients `access` permits; others get 421 at connect.
+    pub fn with_access(mut self, access: provbox_config::AccessConfig) -> Self {
+        self.access = access;
+        self
     }
 
     /// Serves until `shutdown` is cancelled; then stops accepting, closes every
@@ -206,6 +214,19 @@ impl FtpServer {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) if !self.access.permits(peer.ip()) => {
+                        metrics::counter!("provbox_access_denied_total", "proto" => "ftp").increment(1);
+                        crate::warn_limited!(peer = %peer, "ftp: client not in [access] allow; refused");
+                        self.shared.bus.publish(EventKind::TransferRefused {
+                            proto: Proto::Ftp,
+                            peer,
+                            // No file asked yet: the refusal is of the connection.
+                            path: "(connect)".to_string(),
+                            reason: "client address not in [access] allow".to_string(),
+                            user_agent: None,
+                        });
+                        tracker.spawn(refuse_with(stream, "421 This address may not use this server.\r\n"));
+                    }
                     Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
                         Ok(permit) => {
                             tracker.spawn(session(self.shared.clone(), stream, peer, permit));
@@ -213,7 +234,7 @@ impl FtpServer {
                         Err(_) => {
                             metrics::counter!("provbox_ftp_sessions_refused_total", "reason" => "max_connections").increment(1);
                             crate::warn_limited!(peer = %peer, max = self.shared.max_connections, "ftp: connection limit reached; refusing");
-                            tracker.spawn(refuse_busy(stream));
+                            tracker.spawn(refuse_with(stream, "421 Too many connections; try again later.\r\n"));
                         }
                     },
                     Err(e) => {
@@ -241,12 +262,8 @@ impl FtpServer {
     }
 }
 
-async fn refuse_busy(mut stream: TcpStream) {
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        stream.write_all(b"421 Too many connections; try again later.\r\n"),
-    )
-    .await;
+async fn refuse_with(mut stream: TcpStream, reply: &'static str) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(reply.as_bytes())).await;
 }
 
 fn build_server(

@@ -28,7 +28,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use provbox_config::{PortRange, TftpConfig};
+use provbox_config::{AccessConfig, PortRange, TftpConfig};
 use provbox_storage::{Entry, Store, StoreError};
 
 use super::netascii;
@@ -40,8 +40,6 @@ use super::workers::{self, Workers};
 use crate::events::{EventBus, EventKind, Proto, TftpOptions};
 use crate::progress::{Transfer, TransferStart};
 
-/// Transfers at once; more requests are refused with "server busy".
-const MAX_TRANSFERS: usize = 4096;
 /// Files served in netascii are translated in memory; larger ones must be fetched in octet mode.
 const NETASCII_MAX: u64 = 16 * 1024 * 1024;
 /// Payload bytes one window may hold; windowsize is lowered to fit (RFC 7440 lets the
@@ -70,9 +68,16 @@ pub struct TftpServer {
     cfg: TftpConfig,
     store: Store,
     bus: EventBus,
+    access: AccessConfig,
 }
 
 impl TftpServer {
+    /// Serve only the clients `access` permits; others get ERROR 2.
+    pub fn with_access(mut self, access: AccessConfig) -> Self {
+        self.access = access;
+        self
+    }
+
     /// Binds `cfg.bind` (port 0: any free port). Nothing is served until [`Self::run`].
     pub fn bind(cfg: &TftpConfig, store: Store, bus: EventBus) -> Result<TftpServer, TftpError> {
         let addr = cfg.bind;
@@ -98,6 +103,7 @@ impl TftpServer {
             cfg: cfg.clone(),
             store,
             bus,
+            access: AccessConfig::default(),
         })
     }
 
@@ -124,6 +130,7 @@ impl TftpServer {
             })?;
         let sh = Arc::new(Shared {
             cfg: self.cfg,
+            access: self.access,
             store: self.store,
             bus: self.bus,
             listen: socket.clone(),
@@ -168,6 +175,7 @@ impl TftpServer {
 #[derive(Debug)]
 pub(super) struct Shared {
     cfg: TftpConfig,
+    access: AccessConfig,
     store: Store,
     bus: EventBus,
     listen: Arc<UdpSocket>,
@@ -253,6 +261,20 @@ impl Shared {
     }
 
     fn on_request(self: &Arc<Self>, raw: &[u8], peer: SocketAddr, req: Request, write: bool) {
+        if !self.access.permits(peer.ip()) {
+            crate::warn_limited!(%peer, path = %req.filename, "TFTP: client not in [access] allow; refused");
+            metrics::counter!("provbox_access_denied_total", "proto" => "tftp").increment(1);
+            self.bus.publish(EventKind::TransferRefused {
+                proto: Proto::Tftp,
+                peer,
+                path: req.filename.clone(),
+                reason: "client address not in [access] allow".to_string(),
+                user_agent: None,
+            });
+            self.reply_error(peer, ErrorCode::AccessViolation, "access violation");
+            return;
+        }
+        let max = self.cfg.max_transfers.max(1);
         let mut active = self.lock();
         if let Some(a) = active.get(&peer)
             && a.request == raw
@@ -263,9 +285,17 @@ impl Shared {
             metrics::counter!("provbox_tftp_repeated_requests_total").increment(1);
             return;
         }
-        if active.len() >= MAX_TRANSFERS && !active.contains_key(&peer) {
+        if active.len() >= max && !active.contains_key(&peer) {
             drop(active);
-            crate::warn_limited!(%peer, limit = MAX_TRANSFERS, "TFTP: too many transfers at once; request refused");
+            metrics::counter!("provbox_tftp_busy_total").increment(1);
+            crate::warn_limited!(%peer, limit = max, "TFTP: [tftp] max_transfers reached; request refused");
+            self.bus.publish(EventKind::TransferRefused {
+                proto: Proto::Tftp,
+                peer,
+                path: req.filename.clone(),
+                reason: format!("server busy: [tftp] max_transfers ({max}) reached"),
+                user_agent: None,
+            });
             self.reply_error(peer, ErrorCode::NotDefined, "server busy, try again");
             return;
         }
