@@ -57,7 +57,19 @@ enum Command {
         #[arg(short, long, env = "PROVBOX_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Validate the config and the store; explain what a phone would be given.
+    /// Validate the config and the store; explain what phones would be given.
+    ///
+    /// A dry run: the config as `serve` would load it (the file plus PROVBOX_* overrides)
+    /// and a read-only look at the store. With --model/--mac it explains that phone's
+    /// answer; without, every [[dhcp.policy]] and the [dhcp] defaults. After each answer's
+    /// options it looks up the files they name (option 160 in all four grammars, 66/67) in
+    /// the store, as provbox's servers would (`450HD.img` is the newest `450HD_<version>.img`
+    /// beside it; MAC-named files match in any spelling). Files on another host, or named
+    /// by a <MAC>/<MODEL> this run cannot fill, are listed as not checked.
+    ///
+    /// Exit status: 0 all good (warnings may be printed); 64 the config is invalid;
+    /// 65 a file on this appliance that an answer names is MISSING from the store (or its
+    /// path would be refused), so a CI job running `provbox check` fails before a phone does.
     Check(provbox::check::CheckArgs),
     /// Run the appliance on loopback with a simulated fleet of phones: the whole product
     /// in one command, no root needed.

@@ -1067,6 +1067,9 @@ fn snapshot(root: &Path, blobs: &Path, rel: &str) -> Result<Indexed, SnapError> 
 #[derive(Debug, Default)]
 pub struct Survey {
     pub files: Vec<SurveyFile>,
+    /// The index the servers would build from these files, without content hashes
+    /// (`sha256` is empty): `index.find(path)` answers as a running store would.
+    pub index: Index,
 }
 
 /// One file a survey found.
@@ -1088,11 +1091,29 @@ pub fn survey(root: &Path) -> Result<Survey, StoreError> {
     let mut found = Vec::new();
     walk(&root, &root, &mut found);
     found.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut indexed = BTreeMap::new();
     let files = found
         .into_iter()
         .map(|(rel, meta)| {
             let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
             let img = names::parse_image_name(&name);
+            let stat = Stat::of(&meta);
+            let entry = Entry {
+                path: rel.clone(),
+                size: meta.len(),
+                mtime_ms: stat.mtime_ms(),
+                sha256: String::new(),
+                kind: FileKind::of(&name),
+                model: img.model.clone(),
+                version: img.version.clone(),
+            };
+            indexed.insert(
+                rel.clone(),
+                Indexed {
+                    entry: Arc::new(entry),
+                    stat,
+                },
+            );
             SurveyFile {
                 path: rel,
                 kind: FileKind::of(&name),
@@ -1102,5 +1123,8 @@ pub fn survey(root: &Path) -> Result<Survey, StoreError> {
             }
         })
         .collect();
-    Ok(Survey { files })
+    Ok(Survey {
+        files,
+        index: Index::build(indexed),
+    })
 }

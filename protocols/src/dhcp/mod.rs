@@ -63,6 +63,8 @@ pub struct Explanation {
     pub requested_160: bool,
     /// Matched policy name and why; `None`: the `[dhcp]` defaults.
     pub policy: Option<(String, String)>,
+    /// Index of the matched policy in `dhcp.policy`, to name its fields.
+    pub policy_index: Option<usize>,
     pub address: String,
     /// (code, name, value) of every option an ACK would carry.
     pub options: Vec<(u8, &'static str, String)>,
@@ -128,7 +130,12 @@ pub fn explain(
             prefix: 0,
         });
     let prep = options::Prepared::new(cfg, server_ip, subnet, vars.clone());
-    if mac.is_none() {
+    if mac.is_none()
+        && cfg
+            .policies
+            .iter()
+            .any(|p| p.matcher.mac.is_some() || p.matcher.mac_prefix.is_some())
+    {
         notes.push("no MAC given: policies that match a MAC or MAC prefix were tried against 00:00:00:00:00:00".into());
     }
     let mac_v = mac.unwrap_or(MacAddr([0; 6]));
@@ -154,6 +161,22 @@ pub fn explain(
         },
     };
     let mut opts = plan.options.clone();
+    if mac.is_none() {
+        // `plan` filled {mac} with the stand-in 000000000000; a file check must not go
+        // looking for that name, so show the placeholder the real client would fill.
+        let zero = mac_v.bare();
+        for (code, data) in &mut opts {
+            if matches!(*code, 66 | 67 | 160)
+                && let Ok(text) = std::str::from_utf8(data)
+                && text.contains(&zero)
+            {
+                *data = text.replace(&zero, "{mac}").into_bytes();
+                notes.push(format!(
+                    "no MAC given: {{mac}} in option {code} is shown unexpanded; provbox fills in each client's MAC"
+                ));
+            }
+        }
+    }
     opts.push((54, server_ip.octets().to_vec()));
     opts.sort_by_key(|(c, _)| *c);
     notes.extend(plan.notes.iter().cloned());
@@ -166,6 +189,7 @@ pub fn explain(
             .policy
             .as_ref()
             .map(|(_, n, why)| (n.clone(), why.clone())),
+        policy_index: plan.policy.as_ref().map(|(i, ..)| *i),
         address,
         options: opts
             .iter()
@@ -240,5 +264,18 @@ mod tests {
         );
         assert!(!e.options.iter().any(|(c, ..)| *c == 160), "{e}");
         assert!(e.to_string().contains("option 160 left out"), "{e}");
+        // No MAC: {mac} stays a placeholder rather than the 000000000000 stand-in.
+        let mut d = c.dhcp.clone();
+        d.provisioning_url = Some("http://{server}/{model}.img;{mac}.cfg".into());
+        let e = explain(&d, &vars, Some("SomethingElse"), None, true);
+        assert!(
+            e.options
+                .iter()
+                .any(|(c, _, v)| *c == 160 && v == "http://192.0.2.1/SomethingElse.img;{mac}.cfg"),
+            "{e}"
+        );
+        assert_eq!(e.policy_index, None);
+        let e = explain(&c.dhcp, &vars, Some("445HD"), None, true);
+        assert_eq!(e.policy_index, Some(1));
     }
 }
