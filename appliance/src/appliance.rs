@@ -323,12 +323,27 @@ impl Appliance {
             tracing::info!(allow = %nets.join(", "), "file servers serve only these clients ([access] allow)");
         }
 
+        // PUT uploads (phone logs), one area for HTTP and HTTPS.
+        let http_uploads = match &config.http.upload_dir {
+            Some(dir) if config.http.enabled || config.https.enabled => Some(Arc::new(
+                provbox_protocols::uploads::UploadArea::open(dir, config.http.upload_max)
+                    .with_context(|| {
+                        format!(
+                            "cannot use the HTTP upload directory {}; create it or fix [http] upload_dir",
+                            dir.display()
+                        )
+                    })?,
+            )),
+            _ => None,
+        };
+
         // Bind everything first.
         let http = if config.http.enabled {
             Some(
                 HttpServer::bind(config.http.bind, None, store.clone(), bus.clone())
                     .await?
-                    .with_access(config.access.clone()),
+                    .with_access(config.access.clone())
+                    .with_uploads(http_uploads.clone()),
             )
         } else {
             None
@@ -342,7 +357,8 @@ impl Appliance {
                     bus.clone(),
                 )
                 .await?
-                .with_access(config.access.clone()),
+                .with_access(config.access.clone())
+                .with_uploads(http_uploads.clone()),
             ),
             _ => None,
         };

@@ -419,6 +419,11 @@ pub struct FtpUser {
 pub struct HttpConfig {
     pub enabled: bool,
     pub bind: SocketAddr,
+    /// Accept PUT into this directory over HTTP and HTTPS (Polycom phones PUT
+    /// `<mac>-boot.log` and `<mac>-app.log`); 405 when unset.
+    pub upload_dir: Option<PathBuf>,
+    /// Largest upload accepted, bytes (413 beyond it).
+    pub upload_max: u64,
 }
 
 impl Default for HttpConfig {
@@ -426,6 +431,8 @@ impl Default for HttpConfig {
         Self {
             enabled: true,
             bind: SocketAddr::from(([0, 0, 0, 0], 80)),
+            upload_dir: None,
+            upload_max: 16 * 1024 * 1024,
         }
     }
 }

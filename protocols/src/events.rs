@@ -144,6 +144,25 @@ pub enum EventKind {
         reason: String,
         user_agent: Option<String>,
     },
+    /// A client stored a file in an upload area (phone logs).
+    UploadStored {
+        proto: Proto,
+        peer: SocketAddr,
+        /// The path as the client named it, inside the upload area.
+        path: String,
+        bytes: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_agent: Option<String>,
+    },
+    /// An upload that was not stored: too large, a refused path, the client went away.
+    UploadFailed {
+        proto: Proto,
+        peer: SocketAddr,
+        path: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_agent: Option<String>,
+    },
     StoreChanged {
         path: String,
         change: StoreChange,

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventBus, EventKind, Proto};
 use crate::progress::{Transfer, TransferStart};
+use crate::uploads::{self, UploadArea, UploadError};
 use crate::warn_limited;
 
 /// Body frame size: large frames keep TLS records full and `writev` calls few, small
@@ -74,6 +75,7 @@ pub struct HttpServer {
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<FileState>,
     access: provbox_config::AccessConfig,
+    uploads: Option<Arc<UploadArea>>,
 }
 
 #[derive(Debug)]
@@ -139,6 +141,7 @@ impl HttpServer {
         Ok(HttpServer {
             listener,
             access: provbox_config::AccessConfig::default(),
+            uploads: None,
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
             state: Arc::new(FileState {
                 store,
@@ -151,6 +154,12 @@ impl HttpServer {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Accept PUT into this upload area (phone logs); without one PUT gets 405.
+    pub fn with_uploads(mut self, area: Option<Arc<UploadArea>>) -> Self {
+        self.uploads = area;
+        self
     }
 
     /// Serve only the clients `access` permits; others get 403 for every request.
@@ -186,10 +195,18 @@ impl HttpServer {
             // Decided once per connection; refused requests still get an answer (403)
             // and an event, so a lab sees which phone was turned away and for what.
             let allowed = self.access.permits(peer.ip());
+            let uploads = self.uploads.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let st = st.clone();
+                let uploads = uploads.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(serve_file(&st, peer, allowed, req).await)
+                    let r = match uploads {
+                        Some(area) if allowed && req.method() == Method::PUT => {
+                            put_upload(&st, peer, &area, req).await
+                        }
+                        _ => serve_file(&st, peer, allowed, req).await,
+                    };
+                    Ok::<_, std::convert::Infallible>(r)
                 }
             });
             let builder = builder.clone();
@@ -242,6 +259,74 @@ impl HttpServer {
     }
 }
 
+/// PUT into the upload area: 201 for a new file, 204 for a replaced one, 413 over
+/// the cap (announced by Content-Length or found while reading), 403 for a refused
+/// path. The body is streamed to a temporary file, so memory stays flat.
+async fn put_upload<B>(
+    st: &FileState,
+    peer: SocketAddr,
+    area: &UploadArea,
+    req: http::Request<B>,
+) -> Response
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let raw_path = req.uri().path().to_string();
+    let rel = percent_decode(&raw_path)
+        .map(|p| p.trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let result = if announced.is_some_and(|n| n > area.max()) {
+        // Refused before reading: a client that sent `Expect: 100-continue` never sends it.
+        Err(UploadError::TooLarge { max: area.max() })
+    } else {
+        let body = http_body_util::BodyDataStream::new(req.into_body());
+        let reader = tokio_util::io::StreamReader::new(futures::TryStreamExt::map_err(body, |e| {
+            std::io::Error::other(e.into())
+        }));
+        area.put(&rel, reader, true).await
+    };
+    let (status, outcome) = match &result {
+        Ok(s) if s.replaced => (StatusCode::NO_CONTENT, Ok(s.bytes)),
+        Ok(s) => (StatusCode::CREATED, Ok(s.bytes)),
+        Err(e @ UploadError::TooLarge { .. }) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, Err(e.to_string()))
+        }
+        Err(UploadError::Io(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => (
+            StatusCode::FORBIDDEN,
+            Err(format!("upload path refused: {e}")),
+        ),
+        Err(UploadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            (StatusCode::CONFLICT, Err(e.to_string()))
+        }
+        Err(e) => {
+            // A client that vanished mid-body lands here too; the disk is the other cause.
+            warn_limited!(%peer, path = %raw_path, error = %e, "HTTP upload not stored");
+            (StatusCode::INTERNAL_SERVER_ERROR, Err(e.to_string()))
+        }
+    };
+    let text = match &outcome {
+        Ok(n) => format!("stored {n} bytes\n"),
+        Err(e) => format!("{e}\n"),
+    };
+    uploads::publish(&st.bus, st.proto, peer, &rel, user_agent, outcome);
+    if status == StatusCode::NO_CONTENT {
+        // 204 has no body (HTTP/2 clients treat one as a protocol error).
+        return status.into_response();
+    }
+    (status, text).into_response()
+}
+
 /// The one handler: every path is a store path.
 async fn serve_file<B>(
     st: &FileState,
@@ -250,10 +335,10 @@ async fn serve_file<B>(
     req: http::Request<B>,
 ) -> Response {
     let method = req.method().clone();
-    if method != Method::GET && method != Method::HEAD {
+    if allowed && method != Method::GET && method != Method::HEAD {
         let mut r = (
             StatusCode::METHOD_NOT_ALLOWED,
-            "provbox serves files read-only: GET and HEAD\n",
+            "provbox serves files read-only here: GET and HEAD (PUT needs [http] upload_dir)\n",
         )
             .into_response();
         r.headers_mut()

@@ -12,6 +12,7 @@ pub mod listen;
 pub mod progress;
 pub mod ratelog;
 pub mod tftp;
+pub mod uploads;
 pub mod zerocopy;
 
 pub use events::{EventBus, EventKind, Proto, WireEvent};

@@ -1004,6 +1004,46 @@ impl Tracker {
                 index,
                 &mut out,
             ),
+            EventKind::UploadStored {
+                proto,
+                peer,
+                path,
+                bytes,
+                user_agent,
+            } => {
+                let text = format!(
+                    "{} upload {path} stored ({})",
+                    proto_upper(*proto),
+                    human_bytes(*bytes)
+                );
+                self.on_upload(
+                    *proto,
+                    peer,
+                    path,
+                    user_agent.as_deref(),
+                    "upload",
+                    text,
+                    ev,
+                );
+            }
+            EventKind::UploadFailed {
+                proto,
+                peer,
+                path,
+                reason,
+                user_agent,
+            } => {
+                let text = format!("{} upload {path} not stored: {reason}", proto_upper(*proto));
+                self.on_upload(
+                    *proto,
+                    peer,
+                    path,
+                    user_agent.as_deref(),
+                    "upload_failed",
+                    text,
+                    ev,
+                );
+            }
             EventKind::StoreChanged { .. } => {
                 let keys: Vec<String> = self.fleet.devices.keys().cloned().collect();
                 for k in keys {
@@ -1710,6 +1750,25 @@ impl Tracker {
         let bytes = a.bytes;
         d.record_file(a, bytes, duration_ms, result, reason);
         let _ = index;
+        self.touch(&key);
+    }
+
+    /// A phone's upload (its logs): a timeline entry, no state change: a phone
+    /// uploads logs at any point of its journey.
+    #[allow(clippy::too_many_arguments)]
+    fn on_upload(
+        &mut self,
+        proto: Proto,
+        peer: &SocketAddr,
+        path: &str,
+        user_agent: Option<&str>,
+        kind: &'static str,
+        text: String,
+        ev: &WireEvent,
+    ) {
+        let key = self.attribute(peer, path, user_agent, ev.at_ms);
+        let d = self.device_mut(&key, ev.at_ms);
+        d.note(ev.seq, ev.at_ms, proto.as_str(), kind, text);
         self.touch(&key);
     }
 

@@ -461,7 +461,12 @@ impl StorageBackend<FtpUser> for StoreBackend {
         start_pos: u64,
     ) -> Result<u64> {
         match self.target(user, path.as_ref())? {
-            Target::Upload(rel) => self.upload_area()?.put(user, &rel, input, start_pos).await,
+            Target::Upload(rel) => {
+                let r = self.upload_area()?.put(user, &rel, input, start_pos).await;
+                let outcome = r.as_ref().map(|n| *n).map_err(|e| e.to_string());
+                crate::uploads::publish(&self.bus, Proto::Ftp, user.peer, &rel, None, outcome);
+                r
+            }
             Target::Store(_) => Err(self.refuse_write(user, path.as_ref(), "STOR")),
         }
     }

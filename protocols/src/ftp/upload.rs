@@ -1,37 +1,30 @@
 //! The upload area: one directory (`ftp.upload_dir`) that users with `upload = true`
 //! see as `/upload` and may write in. Everything else stays read-only.
 //!
-//! Confinement: names go through the store's resolver (no `..`, NUL, backslash,
-//! encoded traversal or hidden names); every directory on the way must be a real
-//! directory, not a symlink; files are read with `O_NOFOLLOW` and written to a new
-//! hidden temporary file (`O_EXCL`, so never through a planted link) that is renamed
-//! into place only when complete and within `ftp.upload_max`. A partial or oversized
-//! upload never appears under its name. If the area lies inside the store root, the
-//! store picks finished uploads up like any other file (it ignores the hidden
-//! temporaries).
+//! Confinement and atomic writes are [`crate::uploads`]'s (shared with TFTP and
+//! HTTP); this module adds what FTP does beyond storing: listing, reading back
+//! (`O_NOFOLLOW`), deleting, MKD/RMD and renames, all confined the same way.
 
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use unftp_core::storage::{Error, ErrorKind, Fileinfo, Result};
 
 use super::FtpError;
 use super::auth::FtpUser;
 use super::backend::Meta;
-use provbox_storage::{names, resolve};
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+use crate::uploads::{self, UploadError};
+use provbox_storage::names;
 
 /// Copy buffer for uploads and for reading uploaded files back.
 const BUF: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub(crate) struct UploadArea {
+    area: uploads::UploadArea,
     root: PathBuf,
-    max: u64,
 }
 
 fn refused(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
@@ -50,38 +43,20 @@ async fn blocking<T: Send + 'static>(
 impl UploadArea {
     /// Creates the directory if needed.
     pub(crate) fn open(dir: &Path, max: u64) -> std::result::Result<UploadArea, FtpError> {
-        let err = |source| FtpError::UploadDir {
+        let area = uploads::UploadArea::open(dir, max).map_err(|source| FtpError::UploadDir {
             path: dir.to_path_buf(),
             source,
-        };
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let root = dir.canonicalize().map_err(err)?;
-        Ok(UploadArea { root, max })
+        })?;
+        Ok(UploadArea {
+            root: area.root().to_path_buf(),
+            area,
+        })
     }
 
-    /// The absolute path of `rel` ("" is the area itself), after checking that every
-    /// directory before the last component is a real directory.
+    /// The absolute path of `rel` ("" is the area itself), confined; FTP makes
+    /// directories with MKD, so none are created here.
     fn checked(root: &Path, rel: &str) -> io::Result<PathBuf> {
-        if rel.is_empty() {
-            return Ok(root.to_path_buf());
-        }
-        let clean = resolve::resolve(rel)
-            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
-        let comps: Vec<&str> = clean.split('/').collect();
-        let mut p = root.to_path_buf();
-        for (i, c) in comps.iter().enumerate() {
-            p.push(c);
-            if i + 1 < comps.len() {
-                let m = std::fs::symlink_metadata(&p)?;
-                if !m.file_type().is_dir() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("{} is not a directory", p.display()),
-                    ));
-                }
-            }
-        }
-        Ok(p)
+        uploads::UploadArea::checked(root, rel, false)
     }
 
     fn meta_of(m: &std::fs::Metadata) -> Option<Meta> {
@@ -171,61 +146,20 @@ impl UploadArea {
                 "resumed or appended uploads are not supported",
             ));
         }
-        if rel.is_empty() {
-            return Err(refused("cannot store over the upload directory"));
-        }
-        let (root, r) = (self.root.clone(), rel.to_string());
-        let (dest, tmp, file) = blocking(move || {
-            let dest = Self::checked(&root, &r)?;
-            if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    "a directory has that name",
-                ));
-            }
-            let parent = dest.parent().unwrap_or(&root).to_path_buf();
-            let tmp = parent.join(format!(
-                ".provbox-upload-{}-{}",
-                std::process::id(),
-                TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
-            Ok((dest, tmp, file))
-        })
-        .await?;
-
-        let mut file = tokio::fs::File::from_std(file);
-        // Read one byte past the cap to tell "exactly the cap" from "over it".
-        let mut limited = input.take(self.max.saturating_add(1));
-        let copied = tokio::io::copy(&mut limited, &mut file).await;
-        let result = match copied {
-            Ok(n) if n > self.max => Err(Error::new(
-                ErrorKind::ExceededStorageAllocationError,
-                format!("upload larger than ftp.upload_max ({} bytes)", self.max),
-            )),
-            Ok(n) => file.flush().await.map(|_| n).map_err(Error::from),
-            Err(e) => Err(Error::from(e)),
-        };
-        drop(file);
-        let (t, d) = (tmp.clone(), dest.clone());
-        match result {
-            Ok(n) => {
-                blocking(move || std::fs::rename(&t, &d))
-                    .await
-                    .inspect_err(|_| {
-                        let _ = std::fs::remove_file(&tmp);
-                    })?;
-                metrics::counter!("provbox_ftp_uploads_total").increment(1);
-                tracing::info!(user = %user, path = %dest.display(), bytes = n, "ftp upload stored");
-                Ok(n)
+        match self.area.put(rel, input, false).await {
+            Ok(stored) => {
+                tracing::info!(user = %user, path = %rel, bytes = stored.bytes, "ftp upload stored");
+                Ok(stored.bytes)
             }
             Err(e) => {
-                let _ = blocking(move || std::fs::remove_file(&t)).await;
-                crate::warn_limited!(user = %user, path = %d.display(), error = %e, "ftp upload discarded");
-                Err(e)
+                crate::warn_limited!(user = %user, path = %rel, error = %e, "ftp upload discarded");
+                Err(match e {
+                    UploadError::TooLarge { max } => Error::new(
+                        ErrorKind::ExceededStorageAllocationError,
+                        format!("upload larger than ftp.upload_max ({max} bytes)"),
+                    ),
+                    UploadError::Io(e) => Error::from(e),
+                })
             }
         }
     }

@@ -377,6 +377,10 @@ impl Shared {
         self.reply_error(peer, code, msg);
     }
 
+    pub(super) fn bus(&self) -> &EventBus {
+        &self.bus
+    }
+
     pub(super) fn cfg(&self) -> &TftpConfig {
         &self.cfg
     }

@@ -1,16 +1,18 @@
 //! WRQ: refused unless `[tftp] upload_dir` is set (phones that push their logs).
 //!
-//! An upload is confined to that directory (the path goes through the store's
-//! resolver, and the directory it lands in must still be inside `upload_dir` once
-//! symlinks are resolved), capped at `upload_max` bytes (announced tsize or bytes
-//! received, whichever shows it first), held in memory and written to a hidden
-//! temporary file renamed into place only once complete: a reader never sees half
-//! an upload. An existing file of that name is replaced.
+//! An upload is capped at `upload_max` bytes (announced tsize or bytes received,
+//! whichever shows it first), held in memory, then stored through
+//! [`crate::uploads`] (confined to `upload_dir`, written to a temporary file renamed
+//! into place: a reader never sees half an upload; an existing file of that name is
+//! replaced). Stored and failed uploads are events, so a phone's log upload shows on
+//! its timeline.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use provbox_storage::resolve;
+
+use crate::events::Proto;
+use crate::uploads::{self, UploadArea};
 
 use super::netascii;
 use super::packet::{self, ErrorCode, MIN_BLKSIZE, Mode, Options, Packet, ack_packet};
@@ -116,52 +118,46 @@ pub(super) async fn serve(sh: &Shared, job: Job) {
     match end {
         RecvEnd::Done { last, .. } => {
             decoder.finish(&mut data);
-            match store_upload(&dir, &rel, data).await {
-                Ok(path) => {
-                    tracing::info!(%peer, path = %path.display(), bytes = wire_bytes, "TFTP upload stored");
-                    metrics::counter!("provbox_tftp_uploads_total", "result" => "stored")
-                        .increment(1);
+            let stored = match UploadArea::open(&dir, max) {
+                Ok(area) => area
+                    .put(&rel, &data[..], true)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match &stored {
+                Ok(s) => {
+                    tracing::info!(%peer, file = %rel, bytes = s.bytes, "TFTP upload stored");
                 }
                 Err(e) => {
                     tracing::error!(%peer, dir = %dir.display(), file = %rel, error = %e, "TFTP: cannot store an upload (check [tftp] upload_dir)");
-                    metrics::counter!("provbox_tftp_uploads_total", "result" => "failed")
-                        .increment(1);
                 }
             }
+            uploads::publish(
+                sh.bus(),
+                Proto::Tftp,
+                peer,
+                &rel,
+                None,
+                stored.map(|s| s.bytes),
+            );
             transfer::dally(&mut link, last, params.timeout.min(DALLY_MAX)).await;
         }
         other => {
             tracing::info!(%peer, file = %rel, end = ?other, "TFTP upload not completed");
-            metrics::counter!("provbox_tftp_uploads_total", "result" => "aborted").increment(1);
+            let reason = match other {
+                RecvEnd::PeerError { code, message } => {
+                    format!("the client sent ERROR {}: {message}", code.code())
+                }
+                RecvEnd::Stopped => format!("larger than the {max}-byte limit"),
+                RecvEnd::TimedOut => "timed out waiting for the next block".to_string(),
+                RecvEnd::PeerGone(e) => format!("the client went away: {e}"),
+                RecvEnd::Cancelled => "the server is shutting down".to_string(),
+                RecvEnd::Superseded => "a new request from the same client replaced it".to_string(),
+                RecvEnd::Protocol(m) => m,
+                RecvEnd::Done { .. } => String::new(),
+            };
+            uploads::publish(sh.bus(), Proto::Tftp, peer, &rel, None, Err(reason));
         }
     }
-}
-
-/// Writes an upload to `dir/rel` through a temporary file and a rename.
-async fn store_upload(dir: &Path, rel: &str, data: Vec<u8>) -> std::io::Result<PathBuf> {
-    let (dir, rel) = (dir.to_path_buf(), rel.to_string());
-    tokio::task::spawn_blocking(move || {
-        let target = dir.join(&rel);
-        let parent = target.parent().unwrap_or(&dir).to_path_buf();
-        std::fs::create_dir_all(&parent)?;
-        // Confinement: a symlinked directory inside upload_dir must not lead out of it.
-        if !parent.canonicalize()?.starts_with(dir.canonicalize()?) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "upload path leaves the upload directory",
-            ));
-        }
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = parent.join(format!(".upload-{}-{name}", rand::random::<u64>()));
-        std::fs::write(&tmp, &data)?;
-        std::fs::rename(&tmp, &target).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })?;
-        Ok(target)
-    })
-    .await
-    .map_err(std::io::Error::other)?
 }
