@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventBus, EventKind, Proto};
+use crate::linkstats::{LinkStats, Probed};
 use crate::progress::{Transfer, TransferStart};
 use crate::uploads::{self, UploadArea, UploadError};
 use crate::warn_limited;
@@ -194,17 +195,21 @@ impl HttpServer {
             let st = self.state.clone();
             // Decided once per connection; refused requests still get an answer (403)
             // and an event, so a lab sees which phone was turned away and for what.
-            let allowed = self.access.permits(peer.ip());
+            let conn = Arc::new(Conn {
+                peer,
+                allowed: self.access.permits(peer.ip()),
+                link: Arc::new(LinkStats::default()),
+            });
+            let link = conn.link.clone();
             let uploads = self.uploads.clone();
             let svc = hyper::service::service_fn(move |req| {
-                let st = st.clone();
-                let uploads = uploads.clone();
+                let (st, conn, uploads) = (st.clone(), conn.clone(), uploads.clone());
                 async move {
                     let r = match uploads {
-                        Some(area) if allowed && req.method() == Method::PUT => {
-                            put_upload(&st, peer, &area, req).await
+                        Some(area) if conn.allowed && req.method() == Method::PUT => {
+                            put_upload(&st, conn.peer, &area, req).await
                         }
-                        _ => serve_file(&st, peer, allowed, req).await,
+                        _ => serve_file(&st, &conn, req).await,
                     };
                     Ok::<_, std::convert::Infallible>(r)
                 }
@@ -214,7 +219,10 @@ impl HttpServer {
                 None => {
                     let conn = builder
                         .serve_connection_with_upgrades(
-                            TokioIo::new(crate::zerocopy::SendfileStream::new(tcp)),
+                            TokioIo::new(Probed::new(
+                                crate::zerocopy::SendfileStream::new(tcp),
+                                link,
+                            )),
                             svc,
                         )
                         .into_owned();
@@ -227,22 +235,24 @@ impl HttpServer {
                     let acceptor = acceptor.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        let tls =
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    metrics::counter!("provbox_tls_handshake_failures_total")
-                                        .increment(1);
-                                    warn_limited!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    warn_limited!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
+                        let tls = match tokio::time::timeout(
+                            HANDSHAKE_TIMEOUT,
+                            acceptor.accept(Probed::new(tcp, link)),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                metrics::counter!("provbox_tls_handshake_failures_total")
+                                    .increment(1);
+                                warn_limited!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                warn_limited!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
                         let conn = builder
                             .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                             .into_owned();
@@ -328,12 +338,17 @@ where
 }
 
 /// The one handler: every path is a store path.
-async fn serve_file<B>(
-    st: &FileState,
+/// What every request on one connection shares.
+struct Conn {
     peer: SocketAddr,
+    /// `[access] allow` permits the client (decided once per connection).
     allowed: bool,
-    req: http::Request<B>,
-) -> Response {
+    /// The connection's live TCP figures, for its transfers' progress.
+    link: Arc<LinkStats>,
+}
+
+async fn serve_file<B>(st: &FileState, conn: &Conn, req: http::Request<B>) -> Response {
+    let (peer, allowed) = (conn.peer, conn.allowed);
     let method = req.method().clone();
     if allowed && method != Method::GET && method != Method::HEAD {
         let mut r = (
@@ -403,7 +418,7 @@ async fn serve_file<B>(
     };
     respond(
         st,
-        peer,
+        conn,
         &path,
         snap,
         headers,
@@ -414,7 +429,7 @@ async fn serve_file<B>(
 
 fn respond(
     st: &FileState,
-    peer: SocketAddr,
+    conn: &Conn,
     path: &str,
     snap: Snapshot,
     headers: &HeaderMap,
@@ -523,11 +538,11 @@ fn respond(
     }
     // No Content-Length header for a body: hyper writes it from the body's exact size
     // hint, without a header value to allocate and parse back per request.
-    let transfer = Transfer::start(
+    let mut transfer = Transfer::start(
         &st.bus,
         TransferStart {
             proto: st.proto,
-            peer,
+            peer: conn.peer,
             path,
             entry: &snap.entry,
             offset,
@@ -536,6 +551,7 @@ fn respond(
             tftp: None,
         },
     );
+    transfer.set_link(conn.link.clone());
     let body = SnapshotBody {
         snap,
         pos: offset,

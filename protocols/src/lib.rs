@@ -8,6 +8,7 @@ pub mod dhcp;
 pub mod events;
 pub mod ftp;
 pub mod http;
+pub mod linkstats;
 pub mod listen;
 pub mod progress;
 pub mod ratelog;

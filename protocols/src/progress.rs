@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::events::{EventBus, EventKind, Proto, TftpOptions};
+use crate::linkstats::LinkStats;
 use provbox_storage::Entry;
 
 /// Progress events are sent at most this often per transfer...
@@ -70,6 +71,9 @@ pub struct Transfer {
     retransmits: u64,
     /// TFTP's smoothed round trip, reported with each progress event.
     rtt: Option<Duration>,
+    /// HTTP(S): the connection's live TCP figures, and its retransmission count when
+    /// this transfer began (a keep-alive connection carries several).
+    link: Option<(Arc<LinkStats>, u64)>,
     ended: bool,
 }
 
@@ -116,6 +120,7 @@ impl Transfer {
             last_emit_bytes: 0,
             retransmits: 0,
             rtt: None,
+            link: None,
             ended: false,
         }
     }
@@ -151,7 +156,24 @@ impl Transfer {
         }
     }
 
+    /// Takes round trip and retransmissions from a TCP connection's live figures.
+    pub fn set_link(&mut self, link: Arc<LinkStats>) {
+        let base = link.retransmits();
+        self.link = Some((link, base));
+    }
+
+    /// The round trip and retransmissions to report now.
+    fn link_figures(&mut self) {
+        if let Some((link, base)) = &self.link {
+            if let Some(rtt) = link.rtt() {
+                self.rtt = Some(rtt);
+            }
+            self.retransmits = link.retransmits().saturating_sub(*base);
+        }
+    }
+
     fn emit_progress(&mut self) {
+        self.link_figures();
         if self.bytes != self.last_emit_bytes {
             self.bus.publish(EventKind::TransferProgress {
                 id: self.id,
@@ -176,6 +198,7 @@ impl Transfer {
     /// The transfer delivered everything it meant to.
     pub fn finish(mut self) {
         self.ended = true;
+        self.link_figures();
         self.bus.counters.get(self.proto).finished.increment(1);
         self.bus.publish(EventKind::TransferFinished {
             id: self.id,

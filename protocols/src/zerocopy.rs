@@ -53,6 +53,12 @@ impl SendfileStream {
     }
 }
 
+impl std::os::fd::AsRawFd for SendfileStream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
 impl AsyncRead for SendfileStream {
     fn poll_read(
         mut self: Pin<&mut Self>,

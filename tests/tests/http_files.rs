@@ -233,6 +233,7 @@ async fn https_with_the_generated_certificate_and_wire_events() {
 
     let mut started = None;
     let mut finished = None;
+    let mut rtts = Vec::new();
     while finished.is_none() {
         let ev = tokio::time::timeout(Duration::from_secs(10), events.recv())
             .await
@@ -255,19 +256,29 @@ async fn https_with_the_generated_certificate_and_wire_events() {
                 assert_eq!(sha, &sha256(&data));
                 started = Some(*id);
             }
+            // The connection's live TCP figures ride on the progress events.
+            EventKind::TransferProgress { id, rtt_us, .. } if Some(*id) == started => {
+                rtts.push(*rtt_us);
+            }
             EventKind::TransferFinished {
                 id,
                 bytes,
                 sha256: sha,
+                retransmits,
                 ..
             } if Some(*id) == started => {
                 assert_eq!(*bytes, data.len() as u64);
+                assert_eq!(*retransmits, 0, "loopback loses nothing");
                 assert_eq!(sha, &sha256(&data));
                 finished = Some(*id);
             }
             _ => {}
         }
     }
+    assert!(
+        !rtts.is_empty() && rtts.iter().all(|r| r.is_some_and(|us| us < 1_000_000)),
+        "TCP round trips on progress events: {rtts:?}"
+    );
     app.shutdown().await;
 }
 
