@@ -207,6 +207,28 @@ fn report(args: &CheckArgs, out: &mut String) -> ExitCode {
             format!("{} only ([access] allow)", allow.join(", "))
         }
     );
+    // Addresses this DHCP server hands out that the file servers would turn away.
+    let mut shut_out: Vec<String> = Vec::new();
+    if dhcp_on && !config.access.allow.is_empty() {
+        let permits = |ip: std::net::Ipv4Addr| config.access.permits(IpAddr::V4(ip));
+        if let Some(p) = &config.dhcp.pool
+            && !(permits(p.first) && permits(p.last))
+        {
+            shut_out.push(format!("the pool {p} (dhcp.pool)"));
+        }
+        for r in config.dhcp.reservations.iter().filter(|r| !permits(r.ip)) {
+            shut_out.push(format!(
+                "{} reserved for {} (dhcp.reservation)",
+                r.ip, r.mac
+            ));
+        }
+    }
+    for what in &shut_out {
+        let _ = writeln!(
+            out,
+            "  WARNING: {what} is outside [access] allow: phones leased there would be refused every file; add its network to [access] allow in {src}"
+        );
+    }
     let store = StoreView::survey(&config.store.root);
     match &store.files {
         Ok(files) => {
@@ -237,7 +259,10 @@ fn report(args: &CheckArgs, out: &mut String) -> ExitCode {
 
     let vars = TemplateVars::from_config(&config);
     let cx = FileCheck::new(&config, &src, &store);
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        warnings: shut_out.len(),
+        ..Tally::default()
+    };
     if args.model.is_some() || args.mac.is_some() {
         let e = provbox_protocols::dhcp::explain(
             &config.dhcp,

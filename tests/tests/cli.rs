@@ -213,7 +213,7 @@ provisioning_url = "http://files.example.com/420HD.img"
 }
 
 #[test]
-fn check_shows_dhcp_on_with_reservations_only_as_serve_starts_it() {
+fn check_shows_dhcp_on_with_reservations_only_and_warns_of_leases_access_refuses() {
     let s = Scratch::new();
     let cfg = lab_config(
         &s,
@@ -236,6 +236,29 @@ allow = ["192.0.2.0/24"]
         text.contains("  files to 192.0.2.0/24 only ([access] allow)\n"),
         "{text}"
     );
+    assert!(!text.contains("WARNING"), "{text}");
+    // A reservation outside the allowed network: its phone would get an address and no files.
+    let cfg = lab_config(
+        &s,
+        r#"[dhcp]
+bind = "127.0.0.1:10067"
+server_ip = "192.0.2.1"
+
+[[dhcp.reservation]]
+mac = "00:90:8f:12:34:56"
+ip = "192.0.2.50"
+
+[access]
+allow = ["198.51.100.0/24"]
+"#,
+    );
+    let (code, text) = check(&cfg, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("WARNING: 192.0.2.50 reserved for 00:90:8f:12:34:56 (dhcp.reservation) is outside [access] allow"),
+        "{text}"
+    );
+    assert!(text.contains("1 warning"), "{text}");
 }
 
 #[test]
