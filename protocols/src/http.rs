@@ -12,7 +12,10 @@
 //! each TLS handshake in its own task with a timeout (a slow or hostile client cannot
 //! stall accepts), records the peer address for every request, and drains in-flight
 //! downloads on shutdown with hyper-util's `GracefulShutdown`. Plain HTTP connections
-//! run over [`crate::zerocopy::SendfileStream`], so image bodies leave by `sendfile`.
+//! run over [`crate::zerocopy::SendfileStream`], so image bodies leave by `sendfile`;
+//! every connection runs over [`crate::linkstats::Probed`], whose TCP figures its
+//! downloads report. `[access] allow` is decided once per connection (403 to every
+//! request of a refused client), and with an upload area PUT stores phone logs there.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
