@@ -445,7 +445,16 @@ impl Appliance {
         for server in [http, https].into_iter().flatten() {
             tasks.spawn(server.run(shutdown.clone(), grace));
         }
-        if let Some(t) = tftp {
+        if let Some(mut t) = tftp {
+            // [[tftp.quirk]] by the model a client's lease recorded (option 60/77).
+            if let Some(db) = leases.clone() {
+                t = t.with_models(provbox_protocols::tftp::ModelLookup(Arc::new(
+                    move |ip: std::net::IpAddr| match ip.to_canonical() {
+                        std::net::IpAddr::V4(v4) => db.by_ip(v4).and_then(|l| l.model),
+                        std::net::IpAddr::V6(_) => None,
+                    },
+                )));
+            }
             let sd = shutdown.clone();
             tasks.spawn(async move {
                 if let Err(e) = t.run(sd).await {

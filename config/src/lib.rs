@@ -340,6 +340,38 @@ pub struct TftpConfig {
     /// Transfers at once (dnsmasq's `--tftp-max`); requests beyond it get ERROR 0
     /// "server busy" and the phone retries. Lower it to spread a fleet's reboot storm.
     pub max_transfers: usize,
+    /// Per-model option caps for clients that break with what they ask for.
+    #[serde(rename = "quirk")]
+    pub quirks: Vec<TftpQuirk>,
+}
+
+/// One `[[tftp.quirk]]`: what a phone model is granted at most, below the `[tftp]`
+/// limits. The model is the one its DHCP lease recorded (option 60/77), else the one in
+/// the requested image name (`420HD.img`); the first quirk whose `model` it contains
+/// (case-insensitively) applies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TftpQuirk {
+    pub model: String,
+    pub max_blksize: Option<u16>,
+    pub max_windowsize: Option<u16>,
+    /// `false`: never answer the tsize option (some boot ROMs mishandle it).
+    #[serde(default = "yes")]
+    pub tsize: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TftpConfig {
+    /// The quirk for a client of `model`, if any.
+    pub fn quirk_for(&self, model: &str) -> Option<&TftpQuirk> {
+        let m = model.to_ascii_lowercase();
+        self.quirks
+            .iter()
+            .find(|q| !q.model.is_empty() && m.contains(&q.model.to_ascii_lowercase()))
+    }
 }
 
 impl Default for TftpConfig {
@@ -357,6 +389,7 @@ impl Default for TftpConfig {
             upload_dir: None,
             upload_max: 16 * 1024 * 1024,
             max_transfers: 4096,
+            quirks: Vec::new(),
         }
     }
 }

@@ -48,7 +48,10 @@ fn example_file_names_every_field() {
             .unwrap_or_default()
         {
             // Array-of-tables sections are checked through their element types below.
-            if matches!(k.as_str(), "policy" | "reservation" | "option" | "user") {
+            if matches!(
+                k.as_str(),
+                "policy" | "reservation" | "option" | "user" | "quirk"
+            ) {
                 continue;
             }
             if !mentioned(&k) {
@@ -97,6 +100,15 @@ fn example_file_names_every_field() {
             name: String::new(),
             password_hash: String::new(),
             upload: false,
+        }),
+    );
+    check(
+        "tftp.quirk",
+        json(TftpQuirk {
+            model: String::new(),
+            max_blksize: Some(512),
+            max_windowsize: Some(1),
+            tsize: true,
         }),
     );
     assert!(

@@ -368,6 +368,18 @@ pub(crate) fn validate(c: &Config, text: &str, file: &str, base: &Path) -> Resul
             "windowsize must be at least 1",
         ));
     }
+    for (i, q) in c.tftp.quirks.iter().enumerate() {
+        let at = |f| [Key("tftp"), Key("quirk"), Index(i), Key(f)];
+        if q.model.trim().is_empty() {
+            return Err(cx.err(&at("model"), "name the phone model, e.g. \"420HD\""));
+        }
+        if q.max_blksize.is_some_and(|b| !(8..=65464).contains(&b)) {
+            return Err(cx.err(&at("max_blksize"), "blksize must be 8-65464 (RFC 2348)"));
+        }
+        if q.max_windowsize == Some(0) {
+            return Err(cx.err(&at("max_windowsize"), "windowsize must be at least 1"));
+        }
+    }
 
     // API token when exposed.
     if c.api.enabled

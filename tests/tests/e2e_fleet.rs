@@ -374,3 +374,50 @@ async fn early_close_header_check() {
     }
     app.shutdown().await;
 }
+
+/// `[[tftp.quirk]]` follows the model a phone's lease recorded: with a 512-byte cap
+/// for the 450HD, every TFTP transfer of these phones, the `<MAC>.cfg` (no model in
+/// its name) included, is granted blksize 512 though the phones ask for 1428.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tftp_quirk_follows_the_phones_lease() {
+    use provbox_protocols::events::EventKind;
+    let lab = Lab::new();
+    lab.image(IMAGE, "450HD", NEW, MIB);
+    let fleet = fleet(2, "450HD", "00:90:8f:e1:07:01");
+    for p in &fleet.specs {
+        lab.config_file(p.mac, "450HD");
+    }
+    let app = lab
+        .start(|c| {
+            c.dhcp.provisioning_url = Some(url_for(Proto::Tftp, "450HD.img"));
+            c.tftp.quirks = vec![provbox_config::TftpQuirk {
+                model: "450hd".into(),
+                max_blksize: Some(512),
+                max_windowsize: None,
+                tsize: true,
+            }];
+        })
+        .await;
+    let log = EventLog::start(&app);
+    let report = fleet.run(lab.target(&app), None).await.unwrap();
+    assert!(report.all_provisioned(), "{}", report.table());
+    let granted: Vec<(String, u16)> = log
+        .all()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TransferStarted {
+                proto: Proto::Tftp,
+                file,
+                tftp: Some(t),
+                ..
+            } => Some((file.clone(), t.blksize)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        granted.iter().any(|(f, _)| f.ends_with(".cfg")) && granted.iter().any(|(f, _)| f == IMAGE),
+        "{granted:?}"
+    );
+    assert!(granted.iter().all(|(_, b)| *b == 512), "{granted:?}");
+    app.shutdown().await;
+}

@@ -26,4 +26,4 @@ mod upload;
 mod workers;
 
 pub use client::{ClientError, ClientOptions, FetchResult, fetch};
-pub use server::{TftpError, TftpServer};
+pub use server::{ModelLookup, TftpError, TftpServer};

@@ -28,7 +28,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use provbox_config::{AccessConfig, PortRange, TftpConfig};
+use provbox_config::{AccessConfig, PortRange, TftpConfig, TftpQuirk};
 use provbox_storage::{Entry, Store, StoreError};
 
 use super::netascii;
@@ -69,9 +69,27 @@ pub struct TftpServer {
     store: Store,
     bus: EventBus,
     access: AccessConfig,
+    models: Option<ModelLookup>,
+}
+
+/// The phone model at a client address (from its DHCP lease), for `[[tftp.quirk]]`.
+#[derive(Clone)]
+pub struct ModelLookup(pub Arc<dyn Fn(IpAddr) -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for ModelLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModelLookup")
+    }
 }
 
 impl TftpServer {
+    /// How to learn a client's model, so `[[tftp.quirk]]` applies to requests that do
+    /// not name one (`<MAC>.cfg`); without it only the requested file name counts.
+    pub fn with_models(mut self, lookup: ModelLookup) -> Self {
+        self.models = Some(lookup);
+        self
+    }
+
     /// Serve only the clients `access` permits; others get ERROR 2.
     pub fn with_access(mut self, access: AccessConfig) -> Self {
         self.access = access;
@@ -104,6 +122,7 @@ impl TftpServer {
             store,
             bus,
             access: AccessConfig::default(),
+            models: None,
         })
     }
 
@@ -131,6 +150,7 @@ impl TftpServer {
         let sh = Arc::new(Shared {
             cfg: self.cfg,
             access: self.access,
+            models: self.models,
             store: self.store,
             bus: self.bus,
             listen: socket.clone(),
@@ -176,6 +196,7 @@ impl TftpServer {
 pub(super) struct Shared {
     cfg: TftpConfig,
     access: AccessConfig,
+    models: Option<ModelLookup>,
     store: Store,
     bus: EventBus,
     listen: Arc<UdpSocket>,
@@ -377,6 +398,19 @@ impl Shared {
         self.reply_error(peer, code, msg);
     }
 
+    /// The `[[tftp.quirk]]` for this client: by the model its lease recorded, else the
+    /// model of the image it asks for.
+    fn quirk(&self, peer: SocketAddr, entry: &Entry) -> Option<&TftpQuirk> {
+        if self.cfg.quirks.is_empty() {
+            return None;
+        }
+        let leased = self.models.as_ref().and_then(|f| (f.0)(peer.ip()));
+        leased
+            .as_deref()
+            .or(entry.model.as_deref())
+            .and_then(|m| self.cfg.quirk_for(m))
+    }
+
     pub(super) fn bus(&self) -> &EventBus {
         &self.bus
     }
@@ -489,7 +523,8 @@ impl Shared {
             (Source::File(snap), entry.size)
         };
 
-        let (granted, params) = negotiate(&self.cfg, &req.known_options(), len);
+        let quirk = self.quirk(peer, &entry);
+        let (granted, params) = negotiate(&self.cfg, quirk, &req.known_options(), len);
         let mut link = match self.link(peer, rx).await {
             Ok(l) => l,
             Err(e) => {
@@ -550,19 +585,30 @@ fn normalise(name: &str) -> String {
 }
 
 /// The options granted for a read of `len` bytes, and the engine's parameters.
-fn negotiate(cfg: &TftpConfig, asked: &Options, len: u64) -> (Options, SendParams) {
+fn negotiate(
+    cfg: &TftpConfig,
+    quirk: Option<&TftpQuirk>,
+    asked: &Options,
+    len: u64,
+) -> (Options, SendParams) {
     let mut g = Options::default();
+    let max_blksize = quirk
+        .and_then(|q| q.max_blksize)
+        .map_or(cfg.max_blksize, |q| q.min(cfg.max_blksize));
+    let max_windowsize = quirk
+        .and_then(|q| q.max_windowsize)
+        .map_or(cfg.max_windowsize, |q| q.min(cfg.max_windowsize));
     if let Some(b) = asked.blksize {
-        g.blksize = Some(b.min(cfg.max_blksize.max(MIN_BLKSIZE)));
+        g.blksize = Some(b.min(max_blksize.max(MIN_BLKSIZE)));
     }
     g.timeout = asked.timeout;
-    if asked.tsize.is_some() {
+    if asked.tsize.is_some() && quirk.is_none_or(|q| q.tsize) {
         g.tsize = Some(len);
     }
     let blksize = g.blksize.unwrap_or(packet::DEFAULT_BLKSIZE);
     if let Some(w) = asked.windowsize {
         let cap = (WINDOW_BYTES_MAX / u64::from(blksize)).clamp(1, u64::from(u16::MAX)) as u16;
-        g.windowsize = Some(w.min(cfg.max_windowsize.max(1)).min(cap));
+        g.windowsize = Some(w.min(max_windowsize.max(1)).min(cap));
     }
     let timeout = match g.timeout {
         Some(t) => Duration::from_secs(u64::from(t)),
@@ -746,6 +792,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_quirk_lowers_the_caps_and_can_withhold_tsize() {
+        let cfg = TftpConfig {
+            max_blksize: 1468,
+            quirks: vec![TftpQuirk {
+                model: "420HD".into(),
+                max_blksize: Some(512),
+                max_windowsize: Some(1),
+                tsize: false,
+            }],
+            ..TftpConfig::default()
+        };
+        let asked = Options {
+            blksize: Some(1428),
+            timeout: None,
+            tsize: Some(0),
+            windowsize: Some(8),
+        };
+        let quirk = cfg.quirk_for("AUDC-420HD");
+        assert!(
+            quirk.is_some(),
+            "matched as a substring, case-insensitively"
+        );
+        let (g, p) = negotiate(&cfg, quirk, &asked, 1234);
+        assert_eq!(
+            (g.blksize, g.tsize, g.windowsize),
+            (Some(512), None, Some(1))
+        );
+        assert_eq!((p.blksize, p.windowsize), (512, 1));
+        // Another model: the [tftp] limits only.
+        assert!(cfg.quirk_for("450HD").is_none());
+        let (g, _) = negotiate(&cfg, None, &asked, 1234);
+        assert_eq!(
+            (g.blksize, g.tsize, g.windowsize),
+            (Some(1428), Some(1234), Some(8))
+        );
+        // A quirk never raises a limit.
+        let loose = TftpQuirk {
+            model: "x".into(),
+            max_blksize: Some(9000),
+            max_windowsize: None,
+            tsize: true,
+        };
+        let big = Options {
+            blksize: Some(9000),
+            ..Options::default()
+        };
+        assert_eq!(negotiate(&cfg, Some(&loose), &big, 1).0.blksize, Some(1468));
+    }
+
+    #[test]
     fn negotiation_caps_and_answers() {
         let cfg = TftpConfig {
             max_blksize: 1468,
@@ -758,7 +854,7 @@ mod tests {
             tsize: Some(0),
             windowsize: Some(64),
         };
-        let (g, p) = negotiate(&cfg, &asked, 1234);
+        let (g, p) = negotiate(&cfg, None, &asked, 1234);
         assert_eq!(
             g,
             Options {
@@ -770,7 +866,7 @@ mod tests {
         );
         assert_eq!(p.timeout, Duration::from_secs(3));
         assert!(p.oack.is_some());
-        let (g, p) = negotiate(&cfg, &Options::default(), 1234);
+        let (g, p) = negotiate(&cfg, None, &Options::default(), 1234);
         assert!(g.is_empty());
         assert!(
             p.oack.is_none(),
@@ -784,13 +880,13 @@ mod tests {
             windowsize: Some(64),
             ..Options::default()
         };
-        assert_eq!(negotiate(&cfg, &asked, 1).0.windowsize, Some(2));
+        assert_eq!(negotiate(&cfg, None, &asked, 1).0.windowsize, Some(2));
         let asked = Options {
             blksize: Some(1468),
             windowsize: Some(64),
             ..Options::default()
         };
-        assert_eq!(negotiate(&cfg, &asked, 1).0.windowsize, Some(64));
+        assert_eq!(negotiate(&cfg, None, &asked, 1).0.windowsize, Some(64));
     }
 
     #[test]
