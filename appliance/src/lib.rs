@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod export;
 pub mod healthcheck;
+pub mod import;
 pub mod install;
 pub mod logging;
 pub mod sim;

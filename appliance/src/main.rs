@@ -99,6 +99,9 @@ enum Command {
     },
     /// Write the [dhcp] policies as config for ISC dhcpd, Kea or dnsmasq.
     ExportDhcp(provbox::export::ExportDhcpArgs),
+    /// Move leases from dnsmasq or Kea into provbox's database (with serve stopped),
+    /// so phones keep their addresses across the switch.
+    ImportLeases(provbox::import::ImportLeasesArgs),
     /// Install as a hardened systemd service (needs root).
     InstallSystemd(provbox::install::InstallSystemdArgs),
     /// Exit 0 if the running appliance answers (the container HEALTHCHECK).
@@ -214,6 +217,7 @@ fn main() -> ExitCode {
                 })
             }
             Command::ExportDhcp(args) => provbox::export::run(args).await,
+            Command::ImportLeases(args) => provbox::import::run(args).await,
             Command::InstallSystemd(args) => provbox::install::run(args).await,
             Command::Healthcheck(args) => provbox::healthcheck::run(args).await,
         }
