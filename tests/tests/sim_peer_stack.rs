@@ -289,6 +289,18 @@ fn sim_against_dnsmasq_and_nginx_in_netns() {
             "{m}: {dlog}"
         );
     }
+    // The lease file dnsmasq wrote moves into provbox: each phone keeps its address.
+    let imported = import_leases("dnsmasq", &leases, "198.18.0.0/16", work.path());
+    for m in macs {
+        let ip = phone(&report, m)["ip"].as_str().unwrap().to_string();
+        let mac: provbox_config::MacAddr = m.parse().unwrap();
+        assert_eq!(
+            imported.by_mac(mac).map(|l| l.ip.to_string()),
+            Some(ip),
+            "{m}: {}",
+            std::fs::read_to_string(&leases).unwrap_or_default()
+        );
+    }
     // The phones removed the addresses they added.
     let addrs = Command::new("ip")
         .args(["-n", &ns.cli, "-4", "-o", "addr"])
@@ -337,7 +349,8 @@ fn sim_relay_mode_against_kea() {
     let kea_dir = work.sub("kea");
     let conf = json!({ "Dhcp4": {
         "interfaces-config": { "interfaces": ["lo"], "dhcp-socket-type": "udp" },
-        "lease-database": { "type": "memfile", "persist": false },
+        // Persisted, so the test can move Kea's own lease file into provbox.
+        "lease-database": { "type": "memfile", "persist": true, "lfc-interval": 0, "name": kea_dir.join("leases4.csv") },
         "valid-lifetime": 3600,
         "renew-timer": 1,
         "rebind-timer": 2,
@@ -401,4 +414,49 @@ fn sim_relay_mode_against_kea() {
             "nginx saw {ip}: {ctx}"
         );
     }
+    // Kea's memfile moves into provbox: each phone keeps its address.
+    let csv = kea_dir.join("leases4.csv");
+    let imported = import_leases("kea", &csv, "127.77.0.0/16", &kea_dir);
+    for m in macs {
+        let ip = phone(&report, m)["ip"].as_str().unwrap().to_string();
+        let mac: provbox_config::MacAddr = m.parse().unwrap();
+        assert_eq!(
+            imported.by_mac(mac).map(|l| l.ip.to_string()),
+            Some(ip),
+            "{m}: {}",
+            std::fs::read_to_string(&csv).unwrap_or_default()
+        );
+    }
+}
+
+/// `provbox import-leases` of a peer's own lease file into a fresh state directory under
+/// `dir`; returns the resulting lease database.
+fn import_leases(
+    from: &str,
+    file: &std::path::Path,
+    subnet: &str,
+    dir: &std::path::Path,
+) -> provbox_storage::leases::LeaseDb {
+    let state = dir.join("provbox-state");
+    let cfg = dir.join("provbox-import.toml");
+    std::fs::write(
+        &cfg,
+        format!("[state]\ndir = {state:?}\n[dhcp]\nsubnet = \"{subnet}\"\n"),
+    )
+    .unwrap();
+    let o = provbox_tests::run(
+        Command::new(provbox_tests::provbox_bin())
+            .args(["import-leases", "--config"])
+            .arg(&cfg)
+            .args(["--from", from])
+            .arg(file),
+        Duration::from_secs(30),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success() && text.contains("imported"), "{text}");
+    provbox_storage::leases::LeaseDb::open(&state.join("leases.redb")).unwrap()
 }
