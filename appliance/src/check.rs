@@ -207,6 +207,26 @@ fn report(args: &CheckArgs, out: &mut String) -> ExitCode {
             format!("{} only ([access] allow)", allow.join(", "))
         }
     );
+    for (proto, dir) in [
+        ("tftp", &config.tftp.upload_dir),
+        ("ftp", &config.ftp.upload_dir),
+        ("http", &config.http.upload_dir),
+    ] {
+        if let Some(d) = dir {
+            let _ = writeln!(out, "  {proto} uploads into {}", d.display());
+        }
+    }
+    for q in &config.tftp.quirks {
+        let cap = |v: Option<u16>| v.map_or("-".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            out,
+            "  tftp quirk for {}: blksize <= {}, windowsize <= {}, tsize {}",
+            q.model,
+            cap(q.max_blksize),
+            cap(q.max_windowsize),
+            if q.tsize { "answered" } else { "withheld" }
+        );
+    }
     // Addresses this DHCP server hands out that the file servers would turn away.
     let mut shut_out: Vec<String> = Vec::new();
     if dhcp_on && !config.access.allow.is_empty() {

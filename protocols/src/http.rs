@@ -202,6 +202,7 @@ impl HttpServer {
                 peer,
                 allowed: self.access.permits(peer.ip()),
                 link: Arc::new(LinkStats::default()),
+                put: self.uploads.is_some(),
             });
             let link = conn.link.clone();
             let uploads = self.uploads.clone();
@@ -348,19 +349,28 @@ struct Conn {
     allowed: bool,
     /// The connection's live TCP figures, for its transfers' progress.
     link: Arc<LinkStats>,
+    /// PUT goes to an upload area (for the `Allow` header of a 405).
+    put: bool,
 }
 
 async fn serve_file<B>(st: &FileState, conn: &Conn, req: http::Request<B>) -> Response {
     let (peer, allowed) = (conn.peer, conn.allowed);
     let method = req.method().clone();
     if allowed && method != Method::GET && method != Method::HEAD {
-        let mut r = (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "provbox serves files read-only here: GET and HEAD (PUT needs [http] upload_dir)\n",
-        )
-            .into_response();
+        let (text, allow) = if conn.put {
+            (
+                "GET, HEAD, and PUT into the upload area\n",
+                "GET, HEAD, PUT",
+            )
+        } else {
+            (
+                "provbox serves files read-only here: GET and HEAD (PUT needs [http] upload_dir)\n",
+                "GET, HEAD",
+            )
+        };
+        let mut r = (StatusCode::METHOD_NOT_ALLOWED, text).into_response();
         r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
         return r;
     }
     let headers = req.headers();

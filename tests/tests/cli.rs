@@ -227,6 +227,14 @@ ip = "192.0.2.50"
 
 [access]
 allow = ["192.0.2.0/24"]
+
+[http]
+upload_dir = "/srv/phone-logs"
+
+[[tftp.quirk]]
+model = "420HD"
+max_blksize = 512
+tsize = false
 "#,
     );
     let (code, text) = check(&cfg, &[]);
@@ -237,6 +245,14 @@ allow = ["192.0.2.0/24"]
         "{text}"
     );
     assert!(!text.contains("WARNING"), "{text}");
+    assert!(
+        text.contains("  http uploads into /srv/phone-logs\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  tftp quirk for 420HD: blksize <= 512, windowsize <= -, tsize withheld\n"),
+        "{text}"
+    );
     // A reservation outside the allowed network: its phone would get an address and no files.
     let cfg = lab_config(
         &s,

@@ -102,6 +102,20 @@ async fn phone_logs_are_stored_and_shown_on_the_phones_timeline() {
         std::fs::read(http_up.join("0004f2a0b1c2-app.log")).unwrap(),
         pattern(60_000, 1)
     );
+    // Other methods: 405, and Allow names PUT.
+    let o = curl(vec![
+        "-X".into(),
+        "DELETE".into(),
+        "-D".into(),
+        "-".into(),
+        format!("{http}/0004f2a0b1c2-app.log"),
+    ])
+    .await;
+    let head = String::from_utf8_lossy(&o.stdout).to_ascii_lowercase();
+    assert!(
+        head.contains("allow: get, head, put") && head.ends_with("405"),
+        "{head}"
+    );
     // TFTP WRQ (a subdirectory is made) and FTP STOR.
     let o = curl(vec![
         "-T".into(),
