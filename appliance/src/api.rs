@@ -64,7 +64,7 @@ pub const FEED_SEQ_HEADER: &str = "x-provbox-feed-seq";
 pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
         .route("/api/v1/devices", get(devices))
-        .route("/api/v1/devices/{key}", get(device))
+        .route("/api/v1/devices/{key}", get(device).delete(forget))
         .route("/api/v1/devices/{key}/receipt", get(receipt))
         .route("/api/v1/events", get(events))
         .route("/api/v1/leases", get(leases))
@@ -284,6 +284,18 @@ fn unknown_device(key: &str) -> Response {
 async fn device(State(s): State<ApiState>, Path(key): Path<String>) -> Response {
     match s.tracker.device(&key) {
         Some(d) => Json(d).into_response(),
+        None => unknown_device(&key),
+    }
+}
+
+/// Forgets a device: 204 once the tracker has dropped it (its lease stays).
+async fn forget(State(s): State<ApiState>, Path(key): Path<String>) -> Response {
+    match s
+        .tracker
+        .forget(&s.bus, &key, std::time::Duration::from_secs(5))
+        .await
+    {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
         None => unknown_device(&key),
     }
 }

@@ -210,6 +210,16 @@ impl Appliance {
         self.leases.as_ref()
     }
 
+    /// Forgets a device (its row, timeline and receipt; its lease stays), as
+    /// `DELETE /api/v1/devices/{key}` does: a test that re-runs a phone starts clean.
+    /// False when no such device is known.
+    pub async fn forget(&self, mac: &str) -> bool {
+        self.tracker
+            .forget(&self.bus, mac, Duration::from_secs(5))
+            .await
+            .is_some()
+    }
+
     /// Waits until the phone with this MAC (any spelling) reaches `state`.
     pub async fn wait_for(
         &self,

@@ -247,3 +247,86 @@ async fn loopback_fixtures_without_a_state_dir_share_nothing() -> anyhow::Result
     assert_ne!(seen[0], seen[1]);
     Ok(())
 }
+
+/// A GET with a phone's User-Agent (the phone then exists for the tracker).
+async fn fetch_as(http: std::net::SocketAddr, mac: &str) -> anyhow::Result<()> {
+    let mut s = tokio::net::TcpStream::connect(http).await?;
+    s.write_all(
+        format!(
+            "GET /{mac}.cfg HTTP/1.1\r\nHost: p\r\nUser-Agent: AUDC-IPPhone/2.2.8.61 (450HD; {mac})\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    s.read_to_end(&mut Vec::new()).await?;
+    Ok(())
+}
+
+/// Forgetting a device (fixture call and `DELETE /api/v1/devices/{key}`) drops its row
+/// at once and for good: the journal replayed after a restart agrees. Others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_device_stays_forgotten_across_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, state) = (dir.path().join("store"), dir.path().join("state"));
+    std::fs::create_dir_all(&store)?;
+    for mac in ["00908F0000D1", "00908F0000D2", "00908F0000D3"] {
+        std::fs::write(store.join(format!("{mac}.cfg")), b"system/type=450HD\n")?;
+    }
+    let start = || {
+        Appliance::builder()
+            .store(&store)
+            .state(&state)
+            .loopback()
+            .start()
+    };
+    let app = start().await?;
+    let http = app.addrs().http.expect("HTTP runs");
+    for mac in ["00908F0000D1", "00908F0000D2", "00908F0000D3"] {
+        fetch_as(http, mac).await?;
+        app.wait_for(mac, PhoneState::Provisioned, Duration::from_secs(10))
+            .await?;
+    }
+    // The fixture call, with another spelling of the MAC.
+    assert!(app.forget("00-90-8f-00-00-d1").await);
+    assert!(app.tracker().device("00908F0000D1").is_none());
+    assert!(!app.forget("00:90:8f:00:00:d1").await, "already forgotten");
+    // The API.
+    let api = app.addrs().api.expect("API runs");
+    let delete = |key: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(api).await?;
+        s.write_all(
+            format!(
+                "DELETE /api/v1/devices/{key} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut r = Vec::new();
+        s.read_to_end(&mut r).await?;
+        anyhow::Ok(String::from_utf8_lossy(&r).into_owned())
+    };
+    let r = delete("00:90:8f:00:00:d2").await?;
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    let r = delete("00:90:8f:00:00:99").await?;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    assert!(app.tracker().device("00908F0000D2").is_none());
+    app.shutdown().await;
+
+    let app = start().await?;
+    let t = app.tracker();
+    assert!(t.device("00908F0000D1").is_none() && t.device("00908F0000D2").is_none());
+    assert!(
+        t.device("00908F0000D3").is_some(),
+        "only the forgotten ones are gone"
+    );
+    // A forgotten phone that comes back starts a new row.
+    fetch_as(app.addrs().http.expect("HTTP runs"), "00908F0000D1").await?;
+    app.wait_for(
+        "00908F0000D1",
+        PhoneState::Provisioned,
+        Duration::from_secs(10),
+    )
+    .await?;
+    app.shutdown().await;
+    Ok(())
+}

@@ -144,6 +144,12 @@ pub enum EventKind {
         reason: String,
         user_agent: Option<String>,
     },
+    /// An operator asked to forget a device (`DELETE /api/v1/devices/{key}`): its row,
+    /// timeline and receipts go; its lease stays. On the bus, so it is journaled and a
+    /// restart forgets it too.
+    DeviceForgotten {
+        key: String,
+    },
     /// A client stored a file in an upload area (phone logs).
     UploadStored {
         proto: Proto,

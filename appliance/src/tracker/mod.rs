@@ -237,6 +237,29 @@ impl TrackerHandle {
         lock(&self.inner.tracker).device_at(key, now_ms())
     }
 
+    /// Forgets a device (MAC in any spelling, or `ip:` key): publishes
+    /// `DeviceForgotten` on `bus`, so it is journaled like any event, and waits until
+    /// the tracker has applied it. `None` when no such device is known.
+    pub async fn forget(
+        &self,
+        bus: &provbox_protocols::EventBus,
+        key: &str,
+        timeout: Duration,
+    ) -> Option<String> {
+        let key = lock(&self.inner.tracker).canonical_key(key)?;
+        let mut rx = self.inner.version.subscribe();
+        bus.publish(EventKind::DeviceForgotten { key: key.clone() });
+        let deadline = tokio::time::Instant::now() + timeout;
+        while lock(&self.inner.tracker).view(&key, now_ms()).is_some() {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // Stopped or slow: the event is on the bus; report what was asked.
+                _ => break,
+            }
+        }
+        Some(key)
+    }
+
     pub fn receipt(&self, key: &str) -> Option<Receipt> {
         lock(&self.inner.tracker).receipt(key)
     }

@@ -1044,6 +1044,14 @@ impl Tracker {
                     ev,
                 );
             }
+            EventKind::DeviceForgotten { key } => {
+                // Its lease and address hints stay: the phone still holds its address,
+                // and its next request starts a new row under the same key.
+                if self.fleet.devices.remove(key).is_some() {
+                    self.fleet.transfers.retain(|_, k| k != key);
+                    self.touch(key);
+                }
+            }
             EventKind::StoreChanged { .. } => {
                 let keys: Vec<String> = self.fleet.devices.keys().cloned().collect();
                 for k in keys {
@@ -1940,6 +1948,15 @@ impl Tracker {
                 .devices
                 .get(&super::attribution::normalize_key(key))
         })
+    }
+
+    /// The key the tracker files a device under, for a key as a user spells it.
+    pub fn canonical_key(&self, key: &str) -> Option<String> {
+        if self.fleet.devices.contains_key(key) {
+            return Some(key.to_string());
+        }
+        let k = super::attribution::normalize_key(key);
+        self.fleet.devices.contains_key(&k).then_some(k)
     }
 
     pub fn view(&self, key: &str, now: u64) -> Option<DeviceView> {
