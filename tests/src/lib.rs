@@ -158,3 +158,22 @@ impl Default for Scratch {
         Self::new()
     }
 }
+
+/// Runs `provbox import-leases --config CFG --from FROM FILE`: its exit code and its
+/// stdout and stderr together.
+pub fn import_leases(cfg: &Path, from: &str, file: &Path) -> (Option<i32>, String) {
+    let o = run(
+        Command::new(provbox_bin())
+            .args(["import-leases", "--config"])
+            .arg(cfg)
+            .args(["--from", from])
+            .arg(file),
+        Duration::from_secs(30),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code(), text)
+}

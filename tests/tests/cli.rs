@@ -215,16 +215,18 @@ provisioning_url = "http://files.example.com/420HD.img"
 #[test]
 fn check_shows_dhcp_on_with_reservations_only_and_warns_of_leases_access_refuses() {
     let s = Scratch::new();
-    let cfg = lab_config(
-        &s,
-        r#"[dhcp]
+    let reserved = r#"[dhcp]
 bind = "127.0.0.1:10067"
 server_ip = "192.0.2.1"
 
 [[dhcp.reservation]]
 mac = "00:90:8f:12:34:56"
 ip = "192.0.2.50"
-
+"#;
+    let cfg = lab_config(
+        &s,
+        &format!(
+            r#"{reserved}
 [access]
 allow = ["192.0.2.0/24"]
 
@@ -235,7 +237,8 @@ upload_dir = "/srv/phone-logs"
 model = "420HD"
 max_blksize = 512
 tsize = false
-"#,
+"#
+        ),
     );
     let (code, text) = check(&cfg, &[]);
     assert_eq!(code, Some(0), "{text}");
@@ -256,17 +259,7 @@ tsize = false
     // A reservation outside the allowed network: its phone would get an address and no files.
     let cfg = lab_config(
         &s,
-        r#"[dhcp]
-bind = "127.0.0.1:10067"
-server_ip = "192.0.2.1"
-
-[[dhcp.reservation]]
-mac = "00:90:8f:12:34:56"
-ip = "192.0.2.50"
-
-[access]
-allow = ["198.51.100.0/24"]
-"#,
+        &format!("{reserved}\n[access]\nallow = [\"198.51.100.0/24\"]\n"),
     );
     let (code, text) = check(&cfg, &[]);
     assert_eq!(code, Some(0), "{text}");

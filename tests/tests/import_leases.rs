@@ -7,30 +7,12 @@
 
 mod dhcp_support;
 
-use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use dhcp_support::Phone;
 use dhcproto::v4::MessageType;
 use provbox::Appliance;
-use provbox_tests::{Scratch, provbox_bin, run};
-
-fn import(cfg: &std::path::Path, from: &str, file: &std::path::Path) -> (Option<i32>, String) {
-    let o = run(
-        Command::new(provbox_bin())
-            .args(["import-leases", "--config"])
-            .arg(cfg)
-            .args(["--from", from])
-            .arg(file),
-        Duration::from_secs(30),
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code(), text)
-}
+use provbox_tests::{Scratch, import_leases as import};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phones_keep_their_dnsmasq_and_kea_addresses() {

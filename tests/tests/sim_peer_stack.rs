@@ -290,17 +290,14 @@ fn sim_against_dnsmasq_and_nginx_in_netns() {
         );
     }
     // The lease file dnsmasq wrote moves into provbox: each phone keeps its address.
-    let imported = import_leases("dnsmasq", &leases, "198.18.0.0/16", work.path());
-    for m in macs {
-        let ip = phone(&report, m)["ip"].as_str().unwrap().to_string();
-        let mac: provbox_config::MacAddr = m.parse().unwrap();
-        assert_eq!(
-            imported.by_mac(mac).map(|l| l.ip.to_string()),
-            Some(ip),
-            "{m}: {}",
-            std::fs::read_to_string(&leases).unwrap_or_default()
-        );
-    }
+    assert_addresses_kept(
+        "dnsmasq",
+        &leases,
+        "198.18.0.0/16",
+        work.path(),
+        &report,
+        &macs,
+    );
     // The phones removed the addresses they added.
     let addrs = Command::new("ip")
         .args(["-n", &ns.cli, "-4", "-o", "addr"])
@@ -416,27 +413,19 @@ fn sim_relay_mode_against_kea() {
     }
     // Kea's memfile moves into provbox: each phone keeps its address.
     let csv = kea_dir.join("leases4.csv");
-    let imported = import_leases("kea", &csv, "127.77.0.0/16", &kea_dir);
-    for m in macs {
-        let ip = phone(&report, m)["ip"].as_str().unwrap().to_string();
-        let mac: provbox_config::MacAddr = m.parse().unwrap();
-        assert_eq!(
-            imported.by_mac(mac).map(|l| l.ip.to_string()),
-            Some(ip),
-            "{m}: {}",
-            std::fs::read_to_string(&csv).unwrap_or_default()
-        );
-    }
+    assert_addresses_kept("kea", &csv, "127.77.0.0/16", &kea_dir, &report, &macs);
 }
 
-/// `provbox import-leases` of a peer's own lease file into a fresh state directory under
-/// `dir`; returns the resulting lease database.
-fn import_leases(
+/// `provbox import-leases` of a peer's own lease `file` into a fresh state directory
+/// under `dir`: every phone of `report` keeps the address the peer gave it.
+fn assert_addresses_kept(
     from: &str,
     file: &std::path::Path,
     subnet: &str,
     dir: &std::path::Path,
-) -> provbox_storage::leases::LeaseDb {
+    report: &Value,
+    macs: &[&str],
+) {
     let state = dir.join("provbox-state");
     let cfg = dir.join("provbox-import.toml");
     std::fs::write(
@@ -444,19 +433,17 @@ fn import_leases(
         format!("[state]\ndir = {state:?}\n[dhcp]\nsubnet = \"{subnet}\"\n"),
     )
     .unwrap();
-    let o = provbox_tests::run(
-        Command::new(provbox_tests::provbox_bin())
-            .args(["import-leases", "--config"])
-            .arg(&cfg)
-            .args(["--from", from])
-            .arg(file),
-        Duration::from_secs(30),
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success() && text.contains("imported"), "{text}");
-    provbox_storage::leases::LeaseDb::open(&state.join("leases.redb")).unwrap()
+    let (code, text) = provbox_tests::import_leases(&cfg, from, file);
+    assert!(code == Some(0) && text.contains("imported"), "{text}");
+    let db = provbox_storage::leases::LeaseDb::open(&state.join("leases.redb")).unwrap();
+    let lines = std::fs::read_to_string(file).unwrap_or_default();
+    for m in macs {
+        let ip = phone(report, m)["ip"].as_str().unwrap().to_string();
+        let mac: provbox_config::MacAddr = m.parse().unwrap();
+        assert_eq!(
+            db.by_mac(mac).map(|l| l.ip.to_string()),
+            Some(ip),
+            "{m}: {lines}"
+        );
+    }
 }
