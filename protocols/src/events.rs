@@ -77,6 +77,10 @@ pub struct TftpOptions {
     pub rtt_us: Option<u64>,
 }
 
+/// How a [`EventKind::TransferRefused`] reason starts when the refusal is transient
+/// (a server at its transfer limit): the phone retries, so it has not failed.
+pub const BUSY_REASON: &str = "server busy";
+
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]

@@ -1803,7 +1803,11 @@ impl Tracker {
             "transfer_refused",
             format!("{} {path} refused: {reason}", proto_upper(proto)),
         );
-        if kind == FileKind::Config && d.state != PhoneState::Recovery {
+        // A busy server is transient: the phone retries, so it has not failed.
+        if kind == FileKind::Config
+            && d.state != PhoneState::Recovery
+            && !reason.starts_with(provbox_protocols::events::BUSY_REASON)
+        {
             d.set_state(
                 PhoneState::Failed,
                 Some(format!("config {path} refused: {reason}")),

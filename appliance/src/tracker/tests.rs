@@ -564,6 +564,27 @@ fn aborted_download_and_refused_config_fail_with_reasons() {
     });
     assert_eq!(s.state(other), S::Failed);
     assert!(s.view(other).reason.unwrap().contains("no such file"));
+    // A server at its transfer limit is transient: noted, not a failure.
+    let third = "00:90:8f:00:00:03";
+    s.dora(third, "127.77.0.13", &[160]);
+    s.ev(EventKind::TransferRefused {
+        proto: Proto::Tftp,
+        peer: "127.77.0.13:5000".parse().unwrap(),
+        path: "00908F000003.cfg".into(),
+        reason: format!(
+            "{}: [tftp] max_transfers (1) reached",
+            provbox_protocols::events::BUSY_REASON
+        ),
+        user_agent: None,
+    });
+    assert_eq!(s.state(third), S::Leased);
+    assert!(
+        s.view(third)
+            .last_event
+            .is_some_and(|e| e.contains("server busy")),
+        "{:?}",
+        s.view(third)
+    );
     // A failed phone that boots again starts over.
     s.ev(EventKind::DhcpDiscover(Sim::info(other, None, &[160])));
     assert_eq!(s.state(other), S::Discovered);

@@ -314,7 +314,10 @@ impl Shared {
                 proto: Proto::Tftp,
                 peer,
                 path: req.filename.clone(),
-                reason: format!("server busy: [tftp] max_transfers ({max}) reached"),
+                reason: format!(
+                    "{}: [tftp] max_transfers ({max}) reached",
+                    crate::events::BUSY_REASON
+                ),
                 user_agent: None,
             });
             self.reply_error(peer, ErrorCode::NotDefined, "server busy, try again");
