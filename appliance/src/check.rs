@@ -760,18 +760,12 @@ impl std::fmt::Display for Verdict {
     }
 }
 
-/// This machine's interface addresses; empty if they cannot be listed.
+/// This machine's IPv4 addresses (what a DHCPv4 option can name), from the interface
+/// list the DHCP server binds by.
 fn local_addrs() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    addrs
-        .filter_map(|a| a.address)
-        .filter_map(|s| {
-            s.as_sockaddr_in()
-                .map(|v| IpAddr::V4(v.ip()))
-                .or_else(|| s.as_sockaddr_in6().map(|v| IpAddr::V6(v.ip())))
-        })
+    provbox_protocols::dhcp::socket::interfaces()
+        .into_iter()
+        .map(|(_, ip, _)| IpAddr::V4(ip))
         .collect()
 }
 

@@ -152,7 +152,7 @@ pub fn explain(
         remote_id: None,
         prl: &prl,
     };
-    let plan = options::plan(&prep, &view, true, true);
+    let plan = options::plan_as(&prep, &view, true, true, mac.is_none().then_some("{mac}"));
     let address = match cfg.reservations.iter().find(|r| Some(r.mac) == mac) {
         Some(r) => format!("{} (reserved for this MAC)", r.ip),
         None => match cfg.pool {
@@ -162,15 +162,9 @@ pub fn explain(
     };
     let mut opts = plan.options.clone();
     if mac.is_none() {
-        // `plan` filled {mac} with the stand-in 000000000000; a file check must not go
-        // looking for that name, so show the placeholder the real client would fill.
-        let zero = mac_v.bare();
-        for (code, data) in &mut opts {
-            if matches!(*code, 66 | 67 | 160)
-                && let Ok(text) = std::str::from_utf8(data)
-                && text.contains(&zero)
-            {
-                *data = text.replace(&zero, "{mac}").into_bytes();
+        // `{mac}` was kept as is (a file check must not look for a made-up MAC's file).
+        for (code, data) in &opts {
+            if matches!(*code, 66 | 67 | 160) && data.windows(5).any(|w| w == b"{mac}") {
                 notes.push(format!(
                     "no MAC given: {{mac}} in option {code} is shown unexpanded; provbox fills in each client's MAC"
                 ));

@@ -140,6 +140,18 @@ pub struct Plan {
 
 /// Plans the options of a reply. `lease`: include 51/58/59 (not for INFORM).
 pub fn plan(p: &Prepared, c: &ClientView<'_>, lease: bool, why: bool) -> Plan {
+    plan_as(p, c, lease, why, None)
+}
+
+/// [`plan`], with `{mac}` expanded to `mac_text` instead of the client's MAC
+/// (`provbox check` without a MAC keeps the placeholder rather than invent one).
+pub(crate) fn plan_as(
+    p: &Prepared,
+    c: &ClientView<'_>,
+    lease: bool,
+    why: bool,
+    mac_text: Option<&str>,
+) -> Plan {
     let model = detect_model(c.vendor_class, c.user_class);
     let policy = p
         .policies
@@ -158,7 +170,14 @@ pub fn plan(p: &Prepared, c: &ClientView<'_>, lease: bool, why: bool) -> Plan {
     if let Some(h) = p.hostnames.get(&c.mac) {
         options.push((12, h.as_bytes().to_vec()));
     }
-    let mac = c.mac.bare();
+    let bare;
+    let mac: &str = match mac_text {
+        Some(t) => t,
+        None => {
+            bare = c.mac.bare();
+            &bare
+        }
+    };
     // Unknown model: let the phone substitute its own.
     let model_text = model.as_deref().unwrap_or("<MODEL>");
     let mut provisioning = Vec::new();
@@ -166,7 +185,7 @@ pub fn plan(p: &Prepared, c: &ClientView<'_>, lease: bool, why: bool) -> Plan {
     let mut add = |code: u8, template: &Option<String>, options: &mut Vec<(u8, Vec<u8>)>| {
         if let Some(t) = template {
             // NULs cannot come from a validated config; strip them anyway, never send one.
-            let v: String = expand_template(t, &p.vars, &mac, model_text)
+            let v: String = expand_template(t, &p.vars, mac, model_text)
                 .chars()
                 .filter(|c| *c != '\0')
                 .collect();

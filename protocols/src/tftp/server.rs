@@ -39,6 +39,7 @@ use super::upload;
 use super::workers::{self, Workers};
 use crate::events::{EventBus, EventKind, Proto, TftpOptions};
 use crate::progress::{Transfer, TransferStart};
+use crate::uploads::UploadArea;
 
 /// Files served in netascii are translated in memory; larger ones must be fetched in octet mode.
 const NETASCII_MAX: u64 = 16 * 1024 * 1024;
@@ -58,6 +59,13 @@ pub enum TftpError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("the TFTP socket on {addr} failed: {source}")]
     Socket { addr: SocketAddr, source: io::Error },
+    #[error(
+        "cannot use the TFTP upload directory {path}: {source}; create it or fix [tftp] upload_dir"
+    )]
+    UploadDir {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
 }
 
 /// A bound, not yet running, TFTP server.
@@ -70,6 +78,7 @@ pub struct TftpServer {
     bus: EventBus,
     access: AccessConfig,
     models: Option<ModelLookup>,
+    uploads: Option<Arc<UploadArea>>,
 }
 
 /// The phone model at a client address (from its DHCP lease), for `[[tftp.quirk]]`.
@@ -115,6 +124,15 @@ impl TftpServer {
         sock.set_nonblocking(true).map_err(err)?;
         let socket: std::net::UdpSocket = sock.into();
         let local = socket.local_addr().map_err(err)?;
+        let uploads = match &cfg.upload_dir {
+            Some(dir) => Some(Arc::new(UploadArea::open(dir, cfg.upload_max).map_err(
+                |source| TftpError::UploadDir {
+                    path: dir.clone(),
+                    source,
+                },
+            )?)),
+            None => None,
+        };
         Ok(TftpServer {
             socket,
             local,
@@ -123,6 +141,7 @@ impl TftpServer {
             bus,
             access: AccessConfig::default(),
             models: None,
+            uploads,
         })
     }
 
@@ -151,6 +170,7 @@ impl TftpServer {
             cfg: self.cfg,
             access: self.access,
             models: self.models,
+            uploads: self.uploads,
             store: self.store,
             bus: self.bus,
             listen: socket.clone(),
@@ -197,6 +217,8 @@ pub(super) struct Shared {
     cfg: TftpConfig,
     access: AccessConfig,
     models: Option<ModelLookup>,
+    /// Where WRQ uploads go (`[tftp] upload_dir`), opened once at bind.
+    uploads: Option<Arc<UploadArea>>,
     store: Store,
     bus: EventBus,
     listen: Arc<UdpSocket>,
@@ -412,6 +434,10 @@ impl Shared {
             .as_deref()
             .or(entry.model.as_deref())
             .and_then(|m| self.cfg.quirk_for(m))
+    }
+
+    pub(super) fn upload_area(&self) -> Option<&UploadArea> {
+        self.uploads.as_deref()
     }
 
     pub(super) fn bus(&self) -> &EventBus {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use provbox_storage::resolve;
 
 use crate::events::Proto;
-use crate::uploads::{self, UploadArea};
+use crate::uploads;
 
 use super::netascii;
 use super::packet::{self, ErrorCode, MIN_BLKSIZE, Mode, Options, Packet, ack_packet};
@@ -25,7 +25,7 @@ const DALLY_MAX: Duration = Duration::from_secs(2);
 pub(super) async fn serve(sh: &Shared, job: Job) {
     let Job { peer, req, rx, .. } = job;
     let cfg = sh.cfg();
-    let Some(dir) = cfg.upload_dir.clone() else {
+    let Some(area) = sh.upload_area() else {
         return sh.refuse(
             peer,
             &req.filename,
@@ -118,19 +118,16 @@ pub(super) async fn serve(sh: &Shared, job: Job) {
     match end {
         RecvEnd::Done { last, .. } => {
             decoder.finish(&mut data);
-            let stored = match UploadArea::open(&dir, max) {
-                Ok(area) => area
-                    .put(&rel, &data[..], true)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let stored = area
+                .put(&rel, &data[..], true)
+                .await
+                .map_err(|e| e.to_string());
             match &stored {
                 Ok(s) => {
                     tracing::info!(%peer, file = %rel, bytes = s.bytes, "TFTP upload stored");
                 }
                 Err(e) => {
-                    tracing::error!(%peer, dir = %dir.display(), file = %rel, error = %e, "TFTP: cannot store an upload (check [tftp] upload_dir)");
+                    tracing::error!(%peer, dir = %area.root().display(), file = %rel, error = %e, "TFTP: cannot store an upload (check [tftp] upload_dir)");
                 }
             }
             uploads::publish(
