@@ -269,6 +269,16 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.policy_index, None);
+        // A literal all-zero name (Poly's master config) is not taken for a MAC.
+        let mut d = c.dhcp.clone();
+        d.provisioning_url = Some("http://{server}/000000000000.cfg".into());
+        let e = explain(&d, &vars, Some("SomethingElse"), None, true);
+        assert!(
+            e.options
+                .iter()
+                .any(|(c, _, v)| *c == 160 && v == "http://192.0.2.1/000000000000.cfg"),
+            "{e}"
+        );
         let e = explain(&c.dhcp, &vars, Some("445HD"), None, true);
         assert_eq!(e.policy_index, Some(1));
     }
